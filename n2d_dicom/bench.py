@@ -1,0 +1,263 @@
+"""``n2d bench``: N2D against the denoisers users pick today, on real and synthetic images.
+
+Clean images are centre crops of real CT and MR slices shipped by ``pydicom-data``
+and a synthetic 3-D ellipsoid phantom. Noise is added at fixed seeds (white
+Gaussian, Poisson, and Gaussian noise correlated by a 3x3 binomial kernel, the
+way a CT reconstruction kernel spreads noise). Every method sees the same noisy
+array in [0, 1]; PSNR and SSIM use the clean image's data range. BM3D and
+scikit-image are benchmark comparators only (``bench`` extra), never runtime
+dependencies of the node.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from n2d_dicom.errors import N2DInputError
+from n2d_dicom.n2d import denoise_slices
+from n2d_dicom.phantom import NOISES, POISSON_PEAK, SIGMA, add_noise, ellipsoid_phantom
+from n2d_dicom.settings import N2DSettings
+
+#: Real slices from pydicom-data: (case name, file name).
+REAL_IMAGES = (("CT head", "693_UNCI.dcm"), ("MR abdomen", "MR-SIEMENS-DICOM-WithOverlays.dcm"))
+
+Denoiser = Callable[[np.ndarray, torch.device], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What to run: crop size, N2D iterations, phantom size."""
+
+    crop: int
+    iterations: int
+    phantom_slices: int
+    phantom_side: int
+
+    @classmethod
+    def full(cls) -> BenchPlan:
+        """The paper's settings on 256x256 crops and a 16-slice phantom."""
+        return cls(crop=256, iterations=2000, phantom_slices=16, phantom_side=128)
+
+    @classmethod
+    def quick(cls) -> BenchPlan:
+        """A few minutes on 2 CPU cores: smaller crops and fewer iterations."""
+        return cls(crop=96, iterations=300, phantom_slices=8, phantom_side=64)
+
+    def with_iterations(self, iterations: int) -> BenchPlan:
+        """The same plan with another N2D iteration count."""
+        return replace(self, iterations=iterations)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A clean volume ``(S, H, W)`` in [0, 1] and the noise to add to it."""
+
+    name: str
+    noise: str
+    clean: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}, {self.noise}"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row of the table."""
+
+    case: str
+    method: str
+    psnr: float
+    ssim: float
+    seconds: float | None
+    peak_mb: float | None
+
+
+def _require_bench_extras() -> None:
+    """Fail with an install hint when the optional comparators are missing."""
+    try:
+        import bm3d  # noqa: F401
+        import pydicom  # noqa: F401
+        import skimage  # noqa: F401
+        from pydicom.data import get_testdata_file
+
+        if get_testdata_file(REAL_IMAGES[0][1], download=False) is None:
+            raise ImportError("pydicom-data")
+    except ImportError as exc:
+        raise N2DInputError(
+            f"the benchmark needs the bench extra ({exc.name or exc}): pip install 'n2d-dicom[bench]'"
+        ) from exc
+
+
+def real_crop(file_name: str, side: int) -> np.ndarray:
+    """Centre ``side x side`` crop of a pydicom-data slice, scaled to [0, 1]."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    pixels = pydicom.dcmread(get_testdata_file(file_name, download=False)).pixel_array.astype(np.float64)
+    top, left = (pixels.shape[0] - side) // 2, (pixels.shape[1] - side) // 2
+    crop = pixels[top : top + side, left : left + side]
+    return ((crop - crop.min()) / (crop.max() - crop.min()))[np.newaxis]
+
+
+def build_cases(plan: BenchPlan, wanted: list[str]) -> list[Case]:
+    """Every (image, noise) case whose label contains one of ``wanted`` (all if empty)."""
+    images = [(name, real_crop(file, plan.crop)) for name, file in REAL_IMAGES]
+    images.append(
+        (
+            f"phantom {plan.phantom_slices}x{plan.phantom_side}^2",
+            ellipsoid_phantom(plan.phantom_slices, plan.phantom_side),
+        )
+    )
+    cases = [Case(name, noise, clean) for name, clean in images for noise in NOISES]
+    return [c for c in cases if not wanted or any(w.lower() in c.label.lower() for w in wanted)]
+
+
+def n2d_method(settings: N2DSettings) -> Denoiser:
+    """N2D (or its stage 1 alone) with ``settings``, as a benchmark method."""
+
+    def run(noisy: np.ndarray, device: torch.device) -> np.ndarray:
+        unit = torch.from_numpy(noisy.astype(np.float32))
+        return denoise_slices(unit, settings, device).numpy().astype(np.float64)
+
+    return run
+
+
+def bm3d_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
+    """BM3D per slice with a white-noise sigma estimated from the image (what a user can do)."""
+    import bm3d
+    from skimage.restoration import estimate_sigma
+
+    return np.stack([bm3d.bm3d(s, sigma_psd=estimate_sigma(s)) for s in noisy])
+
+
+def nlm_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
+    """scikit-image's fast non-local means per slice, h = 0.8 * estimated sigma."""
+    from skimage.restoration import denoise_nl_means, estimate_sigma
+
+    def one(image: np.ndarray) -> np.ndarray:
+        sigma = estimate_sigma(image)
+        return denoise_nl_means(
+            image, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True
+        )
+
+    return np.stack([one(s) for s in noisy])
+
+
+def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
+    """The methods compared on ``case``; per-series only where there is a series."""
+    base = N2DSettings(iterations=plan.iterations)
+    chosen: dict[str, Denoiser] = {
+        "BM3D (sigma estimated)": bm3d_method,
+        "NLM (scikit-image)": nlm_method,
+        "stage 1 only (ZS-N2N)": n2d_method(base.model_copy(update={"pipeline": "stage1"})),
+        "N2D per-slice": n2d_method(base),
+    }
+    if case.clean.shape[0] > 1:
+        chosen["N2D per-series"] = n2d_method(base.model_copy(update={"mode": "per-series"}))
+    return chosen
+
+
+def quality(clean: np.ndarray, estimate: np.ndarray) -> tuple[float, float]:
+    """PSNR over the whole volume and mean per-slice SSIM, on the clean image's data range."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    data_range = float(clean.max() - clean.min())
+    psnr = peak_signal_noise_ratio(clean, estimate, data_range=data_range)
+    ssim = np.mean([structural_similarity(c, e, data_range=data_range) for c, e in zip(clean, estimate)])
+    return float(psnr), float(ssim)
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[list[float]]:
+    """Yield a one-item list that receives the peak extra memory (MB) of the block.
+
+    On CUDA this is the peak of allocated GPU memory; on the CPU it is the peak
+    resident-set growth over the block, sampled every 5 ms.
+    """
+    peak = [0.0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        yield peak
+        torch.cuda.synchronize(device)
+        peak[0] = (torch.cuda.max_memory_allocated(device) - start) / 2**20
+        return
+    baseline, highest, done = _resident_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            highest[0] = max(highest[0], _resident_bytes())
+            done.wait(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+        peak[0] = max(0, max(highest[0], _resident_bytes()) - baseline) / 2**20
+
+
+def run_case(
+    plan: BenchPlan, case: Case, seed: int, device: torch.device, wanted: list[str]
+) -> Iterator[Result]:
+    """Noisy row first, then one row per method."""
+    noisy = add_noise(case.clean, case.noise, seed)
+    yield Result(case.label, "noisy input", *quality(case.clean, noisy), None, None)
+    for name, method in methods_for(plan, case).items():
+        if wanted and not any(w.lower() in name.lower() for w in wanted):
+            continue
+        with peak_memory(device) as peak:
+            started = time.perf_counter()
+            estimate = method(noisy, device)
+            seconds = time.perf_counter() - started
+        yield Result(case.label, name, *quality(case.clean, estimate), seconds, peak[0])
+
+
+def format_row(result: Result) -> str:
+    """A Markdown table row."""
+    seconds = "-" if result.seconds is None else f"{result.seconds:.1f}"
+    memory = "-" if result.peak_mb is None else f"{result.peak_mb:.0f}"
+    return (
+        f"| {result.case} | {result.method} | {result.psnr:.2f} | {result.ssim:.4f} | {seconds} | {memory} |"
+    )
+
+
+def run_benchmark(
+    plan: BenchPlan,
+    device: torch.device,
+    cases: list[str],
+    methods: list[str],
+    echo: Callable[[str], None],
+) -> list[Result]:
+    """Run the plan and print a Markdown table as rows complete; returns the rows."""
+    _require_bench_extras()
+    echo(
+        f"n2d bench: crops {plan.crop}x{plan.crop}, N2D {plan.iterations} iterations, device {device}, "
+        f"{torch.get_num_threads()} CPU threads; noise sigma {SIGMA * 255:.0f}/255, "
+        f"Poisson peak {POISSON_PEAK:g}"
+    )
+    echo("| case | method | PSNR dB | SSIM | seconds | peak MB |")
+    echo("|---|---|---|---|---|---|")
+    results = []
+    for seed, case in enumerate(build_cases(plan, cases)):
+        for result in run_case(plan, case, seed, device, methods):
+            echo(format_row(result))
+            results.append(result)
+    return results

@@ -1,0 +1,126 @@
+"""The ``n2d`` command: denoise NIfTI volumes from the shell, and benchmark N2D.
+
+Every command turns its flags into an :class:`~n2d_dicom.settings.N2DSettings`
+and calls the library; user errors end in one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from n2d_dicom import __version__
+from n2d_dicom.devices import resolve_device
+from n2d_dicom.errors import N2DInputError
+from n2d_dicom.nifti_io import default_slice_axis, denoise_nifti, read_nifti, slice_count
+from n2d_dicom.settings import Mode, N2DSettings, Pipeline, Precision
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Noise2Detail denoising for medical images."
+)
+
+T = TypeVar("T")
+
+ModeOption = Annotated[Mode, typer.Option(help="per-slice (paper quality) or per-series (faster).")]
+IterationsOption = Annotated[int, typer.Option(help="Adam steps for each of the two networks.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+SeedOption = Annotated[int, typer.Option(help="Random seed; same seed and device, same result.")]
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 1."""
+    typer.echo(f"n2d: error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def guarded(action: Callable[[], T]) -> T:
+    """Run ``action``, turning user errors into :func:`fail`."""
+    try:
+        return action()
+    except N2DInputError as exc:
+        fail(str(exc))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid setting: {problems}")
+
+
+@app.command()
+def denoise(
+    source: Annotated[Path, typer.Argument(help="Input .nii or .nii.gz (2-D, 3-D or 4-D).")],
+    output: Annotated[Path, typer.Argument(help="Output .nii or .nii.gz; written atomically.")],
+    mode: ModeOption = "per-slice",
+    iterations: IterationsOption = 2000,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+    axis: Annotated[
+        int | None, typer.Option(help="Slice axis 0-2; default: the header's slice axis, else 2.")
+    ] = None,
+    pipeline: Annotated[Pipeline, typer.Option(help="n2d (all stages) or stage1 (ZS-N2N).")] = "n2d",
+    precision: Annotated[Precision, typer.Option(help="fp32, tf32 or bf16 (GPU).")] = "fp32",
+    slice_batch: Annotated[int, typer.Option(help="Slices processed together (bounds memory).")] = 8,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Denoise a NIfTI volume slice by slice, keeping its header, affine, dtype and scaling."""
+    settings = guarded(
+        lambda: N2DSettings(
+            mode=mode,
+            iterations=iterations,
+            seed=seed,
+            pipeline=pipeline,
+            precision=precision,
+            slice_batch=slice_batch,
+        )
+    )
+    torch_device = guarded(lambda: resolve_device(device))
+    image = guarded(lambda: read_nifti(source))
+    chosen_axis = default_slice_axis(image) if axis is None else axis
+    total = slice_count(image.shape, chosen_axis) if 0 <= chosen_axis < 3 else None
+    started = time.perf_counter()
+    with tqdm(total=total, unit="slice", disable=not progress, file=sys.stderr) as bar:
+        guarded(lambda: denoise_nifti(source, output, settings, torch_device, axis, progress=bar.update))
+    typer.echo(
+        f"{output}: denoised {total} slices ({settings.mode}, {settings.iterations} iterations, "
+        f"{torch_device}) in {time.perf_counter() - started:.1f} s"
+    )
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option(help="Small crops and few iterations: minutes on 2 CPU cores.")
+    ] = False,
+    iterations: Annotated[int | None, typer.Option(help="Override the iteration count.")] = None,
+    device: DeviceOption = "auto",
+    cases: Annotated[
+        list[str] | None, typer.Option("--case", help="Run only cases whose name contains this.")
+    ] = None,
+    methods: Annotated[
+        list[str] | None, typer.Option("--method", help="Run only methods whose name contains this.")
+    ] = None,
+) -> None:
+    """Quality and speed of N2D against ZS-N2N, BM3D and non-local means on noisy real images."""
+    from n2d_dicom.bench import BenchPlan, run_benchmark  # heavy optional imports
+
+    plan = BenchPlan.quick() if quick else BenchPlan.full()
+    if iterations is not None:
+        plan = plan.with_iterations(iterations)
+    torch_device = guarded(lambda: resolve_device(device))
+    guarded(lambda: run_benchmark(plan, torch_device, cases or [], methods or [], typer.echo))
+
+
+@app.command()
+def version() -> None:
+    """Print the n2d-dicom version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,289 @@
+"""Noise2Detail on a stack of 2-D slices: pure tensors in, tensors out.
+
+The three stages (Chobola et al., MICCAI 2025):
+
+1. Stage 1 trains ``f`` (predicting the noise residual) on the noisy image alone:
+   a Noise2Noise loss between its two diagonal 2x downsamples plus a consistency
+   term tying the downsampled full-size prediction to the sub-image predictions.
+   ``d1 = clamp(y - f(y), 0, 1)``.
+2. Stage 2 (``f`` frozen) pixel-unshuffles ``y`` by 2 and 4, denoises every
+   sub-image, shuffles back and denoises once more at full size; the average of
+   ``d1`` and the two results is ``d2``, a smooth image in which spatially
+   correlated noise has been broken up.
+3. Stage 3 trains a fresh ``g`` (predicting the image) with the same two terms,
+   inputs being downsamples of ``d2`` and targets downsamples of ``y``, so that
+   ``g(d2)`` brings back the detail that stage 2 smoothed away.
+
+Tensors are laid out ``(N, K, H, W)``: ``K`` independent networks (grouped
+convolutions, see :class:`~n2d_dicom.model.StackedDenoiser`) each see ``N``
+images. Per-slice mode puts slices on ``K``; per-series mode puts them on ``N``
+with ``K = 1``. Every function takes its ``torch.device``; nothing picks one here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from n2d_dicom.model import StackedDenoiser
+from n2d_dicom.settings import N2DSettings
+
+#: Images are padded to a multiple of this (the largest pixel-unshuffle factor).
+SIDE_MULTIPLE = 4
+#: The smallest side accepted: the 4x unshuffle must leave sub-images of 2x2 or more.
+MIN_SIDE = 8
+#: Pixel-unshuffle factors of stage 2.
+REFINE_FACTORS = (2, 4)
+
+Progress = Callable[[int], None]
+LossFn = Callable[[StackedDenoiser, Tensor, Tensor], Tensor]
+
+
+def diagonal_downsamples(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The two diagonal 2x downsamples of ``(..., H, W)`` with even ``H`` and ``W``.
+
+    ``D1`` averages the top-left and bottom-right pixel of every 2x2 block, ``D2``
+    the top-right and bottom-left one; their noise is independent for white noise.
+    """
+    d1 = (x[..., 0::2, 0::2] + x[..., 1::2, 1::2]) / 2
+    d2 = (x[..., 0::2, 1::2] + x[..., 1::2, 0::2]) / 2
+    return d1, d2
+
+
+def per_model_mse(a: Tensor, b: Tensor) -> Tensor:
+    """Mean squared error of each network (channel), summed over networks.
+
+    Summing keeps every stacked network's gradient equal to what it would be alone.
+    """
+    return (a.float() - b.float()).square().mean(dim=(0, 2, 3)).sum()
+
+
+def _pair_loss(predict: Callable[[Tensor], Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
+    """Residual plus consistency term shared by stages 1 and 3.
+
+    ``predict`` maps an image to its denoised estimate; the residual term asks the
+    estimate from one downsample of ``inputs`` to match the other downsample of
+    ``targets``, the consistency term asks the downsampled full-size estimate to
+    match the sub-image estimates.
+    """
+    in1, in2 = diagonal_downsamples(inputs)
+    tg1, tg2 = diagonal_downsamples(targets)
+    p1, p2 = predict(in1), predict(in2)
+    full1, full2 = diagonal_downsamples(predict(inputs))
+    residual = 0.5 * (per_model_mse(tg1, p2) + per_model_mse(tg2, p1))
+    consistency = 0.5 * (per_model_mse(p1, full1) + per_model_mse(p2, full2))
+    return residual + consistency
+
+
+def stage1_loss(net: StackedDenoiser, noisy: Tensor, _unused: Tensor) -> Tensor:
+    """Stage-1 loss: ``net`` predicts the noise, trained on ``noisy`` alone."""
+    return _pair_loss(lambda x: x - net(x), noisy, noisy)
+
+
+def stage3_loss(net: StackedDenoiser, smooth: Tensor, noisy: Tensor) -> Tensor:
+    """Stage-3 loss: ``net`` predicts the image from ``smooth``, against ``noisy``."""
+    return _pair_loss(net, smooth, noisy)
+
+
+@contextmanager
+def _precision(device: torch.device, precision: str) -> Iterator[None]:
+    """Run the enclosed forward passes in the requested precision."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32" and device.type == "cuda":
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    else:
+        yield
+
+
+def new_networks(seeds: list[int], settings: N2DSettings, device: torch.device) -> StackedDenoiser:
+    """A stack of freshly initialised networks, copy ``k`` seeded by ``seeds[k]``.
+
+    Seeding each copy on its own makes a slice's result independent of which
+    batch it was trained in. The global RNG state is left untouched.
+    """
+    singles = []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            singles.append(StackedDenoiser(1, settings.channels))
+    net = singles[0] if len(singles) == 1 else StackedDenoiser.stack(singles)
+    return net.to(device)
+
+
+def train(
+    net: StackedDenoiser,
+    loss_fn: LossFn,
+    batches: Callable[[], tuple[Tensor, Tensor]],
+    settings: N2DSettings,
+    device: torch.device,
+) -> StackedDenoiser:
+    """Adam for ``settings.iterations`` steps, learning rate halved at the half."""
+    net.train()
+    optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.StepLR(
+        optimiser, step_size=max(1, settings.iterations // 2), gamma=0.5
+    )
+    for _ in range(settings.iterations):
+        inputs, targets = batches()
+        with _precision(device, settings.precision):
+            loss = loss_fn(net, inputs, targets)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    net.eval()
+    for param in net.parameters():
+        param.requires_grad_(False)
+    return net
+
+
+def _denoise_residual(net: StackedDenoiser, x: Tensor) -> Tensor:
+    return x - net(x).float()
+
+
+def _unshuffle_to_batch(x: Tensor, factor: int) -> Tensor:
+    """``(N, K, H, W)`` -> ``(factor^2 * N, K, H/factor, W/factor)`` sub-images."""
+    n, k, h, w = x.shape
+    sub = F.pixel_unshuffle(x, factor).view(n, k, factor * factor, h // factor, w // factor)
+    return sub.permute(2, 0, 1, 3, 4).reshape(factor * factor * n, k, h // factor, w // factor)
+
+
+def _shuffle_from_batch(sub: Tensor, factor: int) -> Tensor:
+    """Inverse of :func:`_unshuffle_to_batch`."""
+    ss_n, k, h, w = sub.shape
+    n = ss_n // (factor * factor)
+    grid = sub.view(factor * factor, n, k, h, w).permute(1, 2, 0, 3, 4)
+    return F.pixel_shuffle(grid.reshape(n, k * factor * factor, h, w), factor)
+
+
+def first_estimate(net: StackedDenoiser, noisy: Tensor, precision: str) -> Tensor:
+    """Stage 1's output ``d1 = clamp(y - f(y), 0, 1)``."""
+    with torch.inference_mode(), _precision(noisy.device, precision):
+        return _denoise_residual(net, noisy).clamp(0, 1)
+
+
+def refine(net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: str) -> Tensor:
+    """Stage 2: average ``d1`` with the pixel-unshuffle refinements at factors 2 and 4."""
+    estimates = [d1]
+    with torch.inference_mode(), _precision(noisy.device, precision):
+        for factor in REFINE_FACTORS:
+            sub = _denoise_residual(net, _unshuffle_to_batch(noisy, factor))
+            full = _shuffle_from_batch(sub, factor)
+            estimates.append(_denoise_residual(net, full).clamp(0, 1))
+    return torch.stack(estimates).mean(dim=0)
+
+
+def restore_detail(net: StackedDenoiser, smooth: Tensor, precision: str) -> Tensor:
+    """Stage 3's output ``clamp(g(d2), 0, 1)``."""
+    with torch.inference_mode(), _precision(smooth.device, precision):
+        return net(smooth).float().clamp(0, 1)
+
+
+def pad_to_multiple(slices: Tensor) -> tuple[Tensor, int, int]:
+    """Reflect-pad ``(S, H, W)`` so both sides are multiples of :data:`SIDE_MULTIPLE`."""
+    _, h, w = slices.shape
+    if min(h, w) < MIN_SIDE:
+        raise ValueError(f"image sides must be at least {MIN_SIDE} pixels, got {h}x{w}")
+    pad_h, pad_w = -h % SIDE_MULTIPLE, -w % SIDE_MULTIPLE
+    if pad_h or pad_w:
+        slices = F.pad(slices.unsqueeze(1), (0, pad_w, 0, pad_h), mode="reflect").squeeze(1)
+    return slices, h, w
+
+
+def denoise_slices(
+    noisy: Tensor,
+    settings: N2DSettings,
+    device: torch.device,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Denoise ``(S, H, W)`` float slices scaled to [0, 1]; returns the same shape on CPU.
+
+    ``progress`` is called with the number of slices finished since the last call.
+    """
+    if noisy.ndim != 3:
+        raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
+    padded, h, w = pad_to_multiple(noisy.to(device=device, dtype=torch.float32))
+    if settings.mode == "per-series":
+        out = _denoise_per_series(padded, settings, device, progress)
+    else:
+        out = _denoise_per_slice(padded, settings, device, progress)
+    return out[:, :h, :w].cpu()
+
+
+def _denoise_per_slice(
+    slices: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None
+) -> Tensor:
+    """One network pair per slice; ``slice_batch`` slices train side by side."""
+    outputs = []
+    for start in range(0, slices.shape[0], settings.slice_batch):
+        chunk = slices[start : start + settings.slice_batch].unsqueeze(0)  # (1, K, H, W)
+        seeds = [settings.seed + start + k for k in range(chunk.shape[1])]
+        outputs.append(_run_stages(chunk, seeds, settings, device)[0])
+        if progress:
+            progress(chunk.shape[1])
+    return torch.cat(outputs)
+
+
+def _run_stages(
+    noisy: Tensor,
+    seeds: list[int],
+    settings: N2DSettings,
+    device: torch.device,
+) -> Tensor:
+    """All stages on ``noisy`` held in memory at once (per-slice mode): every step sees every slice."""
+    f = train(new_networks(seeds, settings, device), stage1_loss, lambda: (noisy, noisy), settings, device)
+    d1 = first_estimate(f, noisy, settings.precision)
+    if settings.pipeline == "stage1":
+        return d1
+    d2 = refine(f, noisy, d1, settings.precision)
+    g_seeds = [s + 1_000_003 for s in seeds]
+    g = train(new_networks(g_seeds, settings, device), stage3_loss, lambda: (d2, noisy), settings, device)
+    return restore_detail(g, d2, settings.precision)
+
+
+def _denoise_per_series(
+    slices: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None
+) -> Tensor:
+    """One network pair for the whole series, trained on random slices, applied to all."""
+    volume = slices.unsqueeze(1)  # (S, 1, H, W): slices are samples of one network
+    sampler = torch.Generator().manual_seed(settings.seed)
+
+    def draw(*stacks: Tensor) -> tuple[Tensor, Tensor]:
+        picks = torch.randperm(volume.shape[0], generator=sampler)[: settings.series_batch]
+        picked = [s[picks.to(s.device)] for s in stacks]
+        return picked[0], picked[-1]
+
+    f = train(
+        new_networks([settings.seed], settings, device), stage1_loss, lambda: draw(volume), settings, device
+    )
+    chunks = list(torch.split(volume, settings.slice_batch))
+    d1 = [first_estimate(f, c, settings.precision) for c in chunks]
+    if settings.pipeline == "stage1":
+        if progress:
+            progress(volume.shape[0])
+        return torch.cat(d1).squeeze(1)
+    d2 = torch.cat([refine(f, c, e, settings.precision) for c, e in zip(chunks, d1)])
+    g = train(
+        new_networks([settings.seed + 1_000_003], settings, device),
+        stage3_loss,
+        lambda: draw(d2, volume),
+        settings,
+        device,
+    )
+    outputs = []
+    for chunk in torch.split(d2, settings.slice_batch):
+        outputs.append(restore_detail(g, chunk, settings.precision))
+        if progress:
+            progress(chunk.shape[0])
+    return torch.cat(outputs).squeeze(1)

@@ -1,0 +1,52 @@
+"""The N2D knobs, as one validated, immutable object.
+
+The command line builds it from flags and the node builds it from its routing
+rules; the engine only ever sees this object, so every knob is documented here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["per-slice", "per-series"]
+Pipeline = Literal["n2d", "stage1"]
+Precision = Literal["fp32", "tf32", "bf16"]
+
+
+class N2DSettings(BaseModel):
+    """How to denoise one volume with Noise2Detail."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Mode = Field(
+        "per-slice",
+        description="per-slice: one network pair per slice (the paper's setting, best quality). "
+        "per-series: one pair trained on random slices of the whole volume, then applied to "
+        "every slice (several times faster on multi-slice volumes).",
+    )
+    pipeline: Pipeline = Field(
+        "n2d",
+        description="n2d: all three stages. stage1: the Noise2Noise network alone "
+        "(the ZS-N2N baseline; half the training, less detail recovered).",
+    )
+    iterations: int = Field(2000, ge=1, le=100_000, description="Adam steps for each of the two networks.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")
+    channels: int = Field(48, ge=4, le=512, description="Hidden channels of each network.")
+    seed: int = Field(0, ge=0, description="Seeds network initialisation and slice sampling.")
+    precision: Precision = Field(
+        "fp32",
+        description="fp32 everywhere; tf32 lets CUDA matmuls/convs use TF32; bf16 runs the "
+        "networks under bfloat16 autocast (losses stay float32).",
+    )
+    slice_batch: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Slices processed together: per-slice mode trains this many networks at "
+        "once; both modes run inference in chunks of this size. Bounds memory.",
+    )
+    series_batch: int = Field(
+        2, ge=1, le=256, description="per-series mode: slices drawn at random for each training step."
+    )

@@ -1,0 +1,71 @@
+"""The ``n2d`` command as a user runs it: the installed console script, in a subprocess."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+N2D = shutil.which("n2d")
+pytestmark = pytest.mark.skipif(N2D is None, reason="the n2d console script is not installed")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([N2D, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    data = (1000 + rng.normal(0, 100, (16, 16, 2))).astype(np.int16)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return path
+
+
+def test_denoise_writes_the_output_and_reports_a_summary(volume, tmp_path):
+    out = tmp_path / "ct_n2d.nii.gz"
+    result = run("denoise", str(volume), str(out), "--iterations", "3", "--device", "cpu", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "denoised 2 slices (per-slice, 3 iterations, cpu)" in result.stdout
+    assert nib.load(out).shape == (16, 16, 2)
+
+
+def test_per_series_mode_and_progress_bar(volume, tmp_path):
+    out = tmp_path / "ct_n2d.nii"
+    result = run(
+        "denoise", str(volume), str(out), "--iterations", "3", "--mode", "per-series", "--device", "cpu"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2/2" in result.stderr  # tqdm's final count
+    assert out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.nii.gz", "out.nii.gz"], "missing.nii.gz: no such file"),
+        (["{volume}", "out.txt"], "out.txt: not a NIfTI file name"),
+        (["{volume}", "out.nii.gz", "--iterations", "0"], "invalid setting: iterations"),
+        (["{volume}", "out.nii.gz", "--device", "tpu"], "unknown device 'tpu'"),
+        (["{volume}", "out.nii.gz", "--device", "mps"], "device type 'mps' is not supported"),
+        (["{volume}", "out.nii.gz", "--axis", "7"], "slice axis must be 0, 1 or 2"),
+    ],
+)
+def test_bad_input_gives_one_line_error_and_non_zero_exit(volume, tmp_path, args, message):
+    args = [a.replace("{volume}", str(volume)) for a in args]
+    result = run("denoise", *args, "--no-progress")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith("n2d: error: ")
+    assert message in result.stderr
+
+
+def test_tiny_images_are_refused(tmp_path):
+    path = tmp_path / "tiny.nii"
+    nib.save(nib.Nifti1Image(np.ones((6, 30, 3), dtype=np.float32), np.eye(4)), path)
+    result = run("denoise", str(path), str(tmp_path / "o.nii"), "--no-progress")
+    assert result.returncode == 1
+    assert "tiny.nii: slices are 6x30 pixels" in result.stderr

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio
+
+from n2d_dicom.model import StackedDenoiser
+from n2d_dicom.n2d import (
+    _shuffle_from_batch,
+    _unshuffle_to_batch,
+    denoise_slices,
+    diagonal_downsamples,
+    new_networks,
+    refine,
+    stage1_loss,
+    stage3_loss,
+)
+from n2d_dicom.settings import N2DSettings
+
+
+class Scale(torch.nn.Module):
+    """A stand-in network with a known output: ``factor * x``."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * x
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a - b) ** 2).mean()
+
+
+def test_diagonal_downsamples_average_each_diagonal_of_every_2x2_block():
+    x = torch.tensor([[1.0, 2.0, 5.0, 6.0], [3.0, 4.0, 7.0, 8.0], [0.0, 0.0, 1.0, 1.0], [2.0, 4.0, 3.0, 5.0]])
+    d1, d2 = diagonal_downsamples(x)
+    torch.testing.assert_close(d1, torch.tensor([[2.5, 6.5], [2.0, 3.0]]))
+    torch.testing.assert_close(d2, torch.tensor([[2.5, 6.5], [1.0, 2.0]]))
+
+
+def test_stage1_loss_is_residual_plus_consistency_term():
+    torch.manual_seed(0)
+    y = torch.rand(1, 1, 8, 8)
+    f = Scale(0.3)
+    y1, y2 = diagonal_downsamples(y)
+    full1, full2 = diagonal_downsamples(y - f(y))
+    residual = 0.5 * (mse(y1, y2 - f(y2)) + mse(y2, y1 - f(y1)))
+    consistency = 0.5 * (mse(y1 - f(y1), full1) + mse(y2 - f(y2), full2))
+    torch.testing.assert_close(stage1_loss(f, y, y), residual + consistency)
+
+
+def test_stage3_loss_maps_smooth_downsamples_onto_noisy_ones():
+    torch.manual_seed(0)
+    y, d2 = torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8)
+    g = Scale(1.7)
+    y1, y2 = diagonal_downsamples(y)
+    s1, s2 = diagonal_downsamples(d2)
+    full1, full2 = diagonal_downsamples(g(d2))
+    residual = 0.5 * (mse(y1, g(s2)) + mse(y2, g(s1)))
+    consistency = 0.5 * (mse(g(s1), full1) + mse(g(s2), full2))
+    torch.testing.assert_close(stage3_loss(g, d2, y), residual + consistency)
+
+
+def test_stacked_loss_is_the_sum_of_each_networks_own_loss():
+    torch.manual_seed(0)
+    y = torch.rand(1, 2, 8, 8)
+    stacked = new_networks([5, 6], N2DSettings(channels=8), torch.device("cpu"))
+    singles = [new_networks([s], N2DSettings(channels=8), torch.device("cpu")) for s in (5, 6)]
+    alone = sum(stage1_loss(net, y[:, k : k + 1], y) for k, net in enumerate(singles))
+    torch.testing.assert_close(stage1_loss(stacked, y, y), alone)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_pixel_unshuffle_to_batch_round_trips(factor):
+    x = torch.rand(3, 2, 16, 8)
+    sub = _unshuffle_to_batch(x, factor)
+    assert sub.shape == (factor * factor * 3, 2, 16 // factor, 8 // factor)
+    torch.testing.assert_close(sub[0, 1], x[0, 1, ::factor, ::factor])
+    torch.testing.assert_close(_shuffle_from_batch(sub, factor), x)
+
+
+def test_refine_with_an_identity_network_returns_the_image():
+    zero_noise = StackedDenoiser(1, 4)
+    for p in zero_noise.parameters():
+        torch.nn.init.zeros_(p)
+    y = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(refine(zero_noise, y, y, "fp32"), y)
+
+
+def test_denoising_a_noisy_phantom_gains_psnr(phantom, noisy_phantom, fast_settings, cpu):
+    noisy = torch.from_numpy(noisy_phantom[:1].astype(np.float32))
+    out = denoise_slices(noisy, fast_settings, cpu).numpy().astype(np.float64)
+    before = peak_signal_noise_ratio(phantom[:1], noisy_phantom[:1], data_range=1)
+    after = peak_signal_noise_ratio(phantom[:1], out, data_range=1)
+    assert after > before + 5
+
+
+def test_per_series_mode_denoises_every_slice(phantom, noisy_phantom, fast_settings, cpu):
+    settings = fast_settings.model_copy(update={"mode": "per-series"})
+    out = denoise_slices(torch.from_numpy(noisy_phantom.astype(np.float32)), settings, cpu).numpy()
+    for clean, noisy, denoised in zip(phantom, noisy_phantom, out.astype(np.float64)):
+        assert peak_signal_noise_ratio(clean, denoised, data_range=1) > (
+            peak_signal_noise_ratio(clean, noisy, data_range=1) + 4
+        )
+
+
+def test_same_seed_gives_identical_output_on_cpu(noisy_phantom, cpu):
+    settings = N2DSettings(iterations=10, channels=8)
+    x = torch.from_numpy(noisy_phantom[:2].astype(np.float32))
+    torch.testing.assert_close(
+        denoise_slices(x, settings, cpu), denoise_slices(x, settings, cpu), rtol=0, atol=0
+    )
+
+
+def test_per_slice_result_does_not_depend_on_the_slice_batch(noisy_phantom, cpu):
+    x = torch.from_numpy(noisy_phantom[:3].astype(np.float32))
+    one_by_one = denoise_slices(x, N2DSettings(iterations=10, channels=8, slice_batch=1), cpu)
+    together = denoise_slices(x, N2DSettings(iterations=10, channels=8, slice_batch=3), cpu)
+    torch.testing.assert_close(one_by_one, together, rtol=0, atol=1e-4)
+
+
+def test_odd_sizes_are_padded_and_cropped_back(cpu):
+    x = torch.rand(2, 13, 17)
+    out = denoise_slices(x, N2DSettings(iterations=3, channels=4), cpu)
+    assert out.shape == x.shape
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_images_smaller_than_8_pixels_are_refused(cpu):
+    with pytest.raises(ValueError, match="at least 8"):
+        denoise_slices(torch.rand(1, 7, 32), N2DSettings(iterations=1), cpu)
+
+
+def test_stage1_pipeline_stops_after_the_first_network(noisy_phantom, cpu):
+    x = torch.from_numpy(noisy_phantom[:1].astype(np.float32))
+    settings = N2DSettings(iterations=5, channels=8)
+    stage1 = denoise_slices(x, settings.model_copy(update={"pipeline": "stage1"}), cpu)
+    full = denoise_slices(x, settings, cpu)
+    assert not torch.equal(stage1, full)
