@@ -44,12 +44,12 @@ class BenchPlan:
     @classmethod
     def full(cls) -> BenchPlan:
         """The paper's settings on 256x256 crops and a 16-slice phantom."""
-        return cls(crop=256, iterations=2000, phantom_slices=16, phantom_side=128)
+        return cls(crop=256, iterations=2000, phantom_slices=16, phantom_side=96)
 
     @classmethod
     def quick(cls) -> BenchPlan:
-        """A few minutes on 2 CPU cores: smaller crops and fewer iterations."""
-        return cls(crop=96, iterations=300, phantom_slices=8, phantom_side=64)
+        """Minutes on 2 CPU cores: smaller crops, fewer iterations (stage 3 is then undertrained)."""
+        return cls(crop=96, iterations=800, phantom_slices=4, phantom_side=64)
 
     def with_iterations(self, iterations: int) -> BenchPlan:
         """The same plan with another N2D iteration count."""
@@ -102,9 +102,14 @@ def real_crop(file_name: str, side: int) -> np.ndarray:
     import pydicom
     from pydicom.data import get_testdata_file
 
-    pixels = pydicom.dcmread(get_testdata_file(file_name, download=False)).pixel_array.astype(np.float64)
+    path = get_testdata_file(file_name, download=False)
+    if not isinstance(path, str):
+        raise N2DInputError(f"{file_name} not found: pip install pydicom-data")
+    pixels = pydicom.dcmread(path).pixel_array.astype(np.float64)
     top, left = (pixels.shape[0] - side) // 2, (pixels.shape[1] - side) // 2
     crop = pixels[top : top + side, left : left + side]
+    if crop.max() == crop.min():
+        raise N2DInputError(f"the centre {side}x{side} crop of {file_name} is flat; use a larger crop")
     return ((crop - crop.min()) / (crop.max() - crop.min()))[np.newaxis]
 
 
@@ -232,7 +237,7 @@ def run_case(
 
 def format_row(result: Result) -> str:
     """A Markdown table row."""
-    seconds = "-" if result.seconds is None else f"{result.seconds:.1f}"
+    seconds = "-" if result.seconds is None else f"{result.seconds:.2f}"
     memory = "-" if result.peak_mb is None else f"{result.peak_mb:.0f}"
     return (
         f"| {result.case} | {result.method} | {result.psnr:.2f} | {result.ssim:.4f} | {seconds} | {memory} |"

@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from nibabel.arrayproxy import ArrayProxy
 
 from n2d_dicom.atomic import atomic_path
 from n2d_dicom.denoise import denoise_stack
@@ -45,10 +46,17 @@ def read_nifti(path: Path) -> NiftiImage:
     return image
 
 
+def _file_proxy(image: NiftiImage) -> ArrayProxy:
+    """The image's on-disk array proxy (which holds the scaling nibabel read)."""
+    if not isinstance(image.dataobj, ArrayProxy):
+        raise TypeError("expected an image loaded from a file")
+    return image.dataobj
+
+
 def stored_values(image: NiftiImage) -> np.ndarray:
     """The on-disk values, before ``scl_slope``/``scl_inter`` are applied."""
     try:
-        return np.asanyarray(image.dataobj.get_unscaled())
+        return np.asanyarray(_file_proxy(image).get_unscaled())
     except Exception as exc:
         raise N2DInputError(f"{image.get_filename()}: pixel data unreadable ({exc})") from exc
 
@@ -89,7 +97,8 @@ def slice_count(shape: tuple[int, ...], axis: int) -> int:
 def write_like(source: NiftiImage, stored: np.ndarray, path: Path) -> None:
     """Write ``stored`` with ``source``'s affine, header, datatype and scaling, atomically."""
     output = type(source)(stored, source.affine, header=source.header)
-    output.header.set_slope_inter(source.dataobj.slope, source.dataobj.inter)
+    proxy = _file_proxy(source)
+    output.header.set_slope_inter(proxy.slope, proxy.inter)
     with atomic_path(path, suffix=nifti_suffix(path)) as tmp:
         nib.save(output, tmp)
 

@@ -69,6 +69,6 @@ def binomial_filtered_noise(rng: np.random.Generator, shape: tuple[int, ...]) ->
     """
     white = rng.normal(0, 1, shape)
     taps = {-1: 0.25, 0: 0.5, 1: 0.25}
-    rows = sum(w * np.roll(white, k, axis=-2) for k, w in taps.items())
-    field = sum(w * np.roll(rows, k, axis=-1) for k, w in taps.items())
+    rows = np.add.reduce([w * np.roll(white, k, axis=-2) for k, w in taps.items()])
+    field = np.add.reduce([w * np.roll(rows, k, axis=-1) for k, w in taps.items()])
     return field / 0.375  # L2 norm of the 2-D kernel: 0.375 = 0.25**2 + 0.5**2 + 0.25**2

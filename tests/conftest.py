@@ -18,13 +18,13 @@ def cpu() -> torch.device:
 @pytest.fixture
 def fast_settings() -> N2DSettings:
     """Few iterations: enough to show the algorithm working, quick on 2 cores."""
-    return N2DSettings(iterations=150, channels=16)
+    return N2DSettings(iterations=300, channels=32)
 
 
 @pytest.fixture(scope="session")
 def phantom() -> np.ndarray:
-    """Clean (4, 48, 48) ellipsoid phantom in [0, 1]."""
-    return ellipsoid_phantom(4, 48)
+    """Clean (4, 64, 64) ellipsoid phantom in [0, 1]."""
+    return ellipsoid_phantom(4, 64)
 
 
 @pytest.fixture(scope="session")

@@ -69,3 +69,10 @@ def test_tiny_images_are_refused(tmp_path):
     result = run("denoise", str(path), str(tmp_path / "o.nii"), "--no-progress")
     assert result.returncode == 1
     assert "tiny.nii: slices are 6x30 pixels" in result.stderr
+
+
+def test_demo_writes_noisy_and_denoised_volumes_and_reports_psnr(tmp_path):
+    result = run("demo", str(tmp_path / "demo"), "--iterations", "3", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "PSNR" in result.stdout and "dB denoised (per-series, cpu)" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["denoised.nii.gz", "noisy.nii.gz"]
