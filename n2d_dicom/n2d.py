@@ -38,6 +38,8 @@ SIDE_MULTIPLE = 4
 MIN_SIDE = 8
 #: Pixel-unshuffle factors of stage 2.
 REFINE_FACTORS = (2, 4)
+#: Added to a stage-1 seed to seed its stage-3 network, so that ``f`` and ``g`` start differently.
+DETAIL_SEED_OFFSET = 1_000_003
 
 Progress = Callable[[int], None]
 LossFn = Callable[[StackedDenoiser, Tensor, Tensor], Tensor]
@@ -258,7 +260,7 @@ def _run_stages(
     if settings.pipeline == "stage1":
         return d1
     d2 = refine(f, noisy, d1, settings.precision)
-    g_seeds = [s + 1_000_003 for s in seeds]
+    g_seeds = [s + DETAIL_SEED_OFFSET for s in seeds]
     g = train(new_networks(g_seeds, settings, device), stage3_loss, lambda: (d2, noisy), settings, device)
     return restore_detail(g, d2, settings.precision)
 
@@ -270,13 +272,17 @@ def _denoise_per_series(
     volume = slices.unsqueeze(1)  # (S, 1, H, W): slices are samples of one network
     sampler = torch.Generator().manual_seed(settings.seed)
 
-    def draw(*stacks: Tensor) -> tuple[Tensor, Tensor]:
-        picks = torch.randperm(volume.shape[0], generator=sampler)[: settings.series_batch]
-        picked = [s[picks.to(s.device)] for s in stacks]
-        return picked[0], picked[-1]
+    def draw(inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The same ``series_batch`` random slices of ``inputs`` and ``targets``."""
+        picks = torch.randperm(volume.shape[0], generator=sampler)[: settings.series_batch].to(device)
+        return inputs[picks], targets[picks]
 
     f = train(
-        new_networks([settings.seed], settings, device), stage1_loss, lambda: draw(volume), settings, device
+        new_networks([settings.seed], settings, device),
+        stage1_loss,
+        lambda: draw(volume, volume),
+        settings,
+        device,
     )
     chunks = list(torch.split(volume, settings.slice_batch))
     d1 = [first_estimate(f, c, settings.precision) for c in chunks]
@@ -286,7 +292,7 @@ def _denoise_per_series(
         return torch.cat(d1).squeeze(1)
     d2 = torch.cat([refine(f, c, e, settings.precision) for c, e in zip(chunks, d1)])
     g = train(
-        new_networks([settings.seed + 1_000_003], settings, device),
+        new_networks([settings.seed + DETAIL_SEED_OFFSET], settings, device),
         stage3_loss,
         lambda: draw(d2, volume),
         settings,
