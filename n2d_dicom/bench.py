@@ -43,8 +43,8 @@ class BenchPlan:
 
     @classmethod
     def full(cls) -> BenchPlan:
-        """The paper's settings on 256x256 crops and a 16-slice phantom."""
-        return cls(crop=256, iterations=2000, phantom_slices=16, phantom_side=96)
+        """The paper's settings on 256x256 crops and a 16-slice 64x64 phantom."""
+        return cls(crop=256, iterations=2000, phantom_slices=16, phantom_side=64)
 
     @classmethod
     def quick(cls) -> BenchPlan:
