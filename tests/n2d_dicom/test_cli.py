@@ -1,19 +1,20 @@
 """The ``n2d`` command as a user runs it: the installed console script, in a subprocess."""
 
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-N2D = shutil.which("n2d")
-pytestmark = pytest.mark.skipif(N2D is None, reason="the n2d console script is not installed")
+#: The console script pip installed beside the interpreter running the tests.
+N2D = Path(sys.executable).with_name("n2d")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([N2D, *args], capture_output=True, text=True, timeout=300)
+    assert N2D.is_file(), f"{N2D} missing: install the package (pip install -e .)"
+    return subprocess.run([str(N2D), *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
