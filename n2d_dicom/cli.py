@@ -125,11 +125,11 @@ def demo(
     device: DeviceOption = "auto",
 ) -> None:
     """Make a noisy 8-slice CT-like phantom, denoise it, and print PSNR before and after."""
-    from n2d_dicom.demo import run_demo
+    from n2d_dicom.demo import DEMO_SLICES, run_demo
 
     settings = guarded(lambda: N2DSettings(mode=mode, iterations=iterations))
     torch_device = guarded(lambda: resolve_device(device))
-    with tqdm(total=8, unit="slice", file=sys.stderr) as bar:
+    with tqdm(total=DEMO_SLICES, unit="slice", file=sys.stderr) as bar:
         output, before, after = run_demo(directory, settings, torch_device, progress=bar.update)
     typer.echo(f"{output}: PSNR {before:.2f} dB noisy -> {after:.2f} dB denoised ({mode}, {torch_device})")
 

@@ -15,6 +15,8 @@ from n2d_dicom.settings import N2DSettings
 
 #: The phantom is written as CT numbers: air -1000 HU up to bone-like +1000 HU.
 HU_RANGE = (-1000.0, 1000.0)
+#: Size of the demo volume: a few minutes of per-slice work on 2 cores, seconds per-series.
+DEMO_SLICES, DEMO_SIDE = 8, 128
 
 
 def psnr(clean: np.ndarray, estimate: np.ndarray, data_range: float) -> float:
@@ -40,7 +42,7 @@ def run_demo(
     directory: Path, settings: N2DSettings, device: torch.device, progress: Progress | None = None
 ) -> tuple[Path, float, float]:
     """Denoise the demo volume; returns the output path and PSNR before and after (dB)."""
-    source, clean = write_demo_volume(directory, slices=8, side=128)
+    source, clean = write_demo_volume(directory, slices=DEMO_SLICES, side=DEMO_SIDE)
     output = directory / "denoised.nii.gz"
     denoise_nifti(source, output, settings, device, progress=progress)
     data_range = HU_RANGE[1] - HU_RANGE[0]
