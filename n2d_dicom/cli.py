@@ -91,6 +91,76 @@ def denoise(
     )
 
 
+@app.command("denoise-dicom")
+def denoise_dicom(
+    source: Annotated[
+        Path, typer.Argument(help="Folder holding one or more DICOM series (searched recursively).")
+    ],
+    output: Annotated[Path, typer.Argument(help="Folder to write one sub-folder per derived series into.")],
+    series: Annotated[
+        list[str] | None, typer.Option("--series", help="Only this Series Instance UID (repeatable).")
+    ] = None,
+    mode: ModeOption = "per-slice",
+    iterations: IterationsOption = 2000,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+    slice_batch: Annotated[int, typer.Option(help="Slices processed together (bounds memory).")] = 8,
+    uid_root: Annotated[str | None, typer.Option(help="Root for new UIDs, ending in '.'.")] = None,
+    series_number_offset: Annotated[int, typer.Option(help="Added to the source Series Number.")] = 1000,
+    description_suffix: Annotated[str, typer.Option(help="Appended to the Series Description.")] = " [N2D]",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Denoise DICOM series into new derived series (same study, full provenance), one folder each.
+
+    Files that cannot be used are listed and skipped; the exit status is 1 if any file was
+    skipped or any series failed, 0 otherwise.
+    """
+    from n2d_dicom.derive import DerivationSettings
+    from n2d_dicom.dicom_denoise import denoise_series, write_instances
+    from n2d_dicom.dicom_io import read_dicom_folder
+
+    settings = guarded(
+        lambda: N2DSettings(mode=mode, iterations=iterations, seed=seed, slice_batch=slice_batch)
+    )
+    derivation = guarded(
+        lambda: DerivationSettings(
+            uid_root=uid_root,
+            series_number_offset=series_number_offset,
+            series_description_suffix=description_suffix,
+        )
+    )
+    torch_device = guarded(lambda: resolve_device(device))
+    if not source.is_dir():
+        fail(f"{source}: not a folder")
+    found, rejected = read_dicom_folder(source)
+    for skipped in rejected:
+        typer.echo(f"n2d: skipped {skipped.path}: {skipped.reason}", err=True)
+    wanted = [s for s in found if not series or s.series_uid in series]
+    missing = sorted(set(series or []) - {s.series_uid for s in found})
+    if missing:
+        typer.echo(f"n2d: error: series not found in {source}: {', '.join(missing)}", err=True)
+    if not wanted:
+        fail(f"{source}: no grayscale DICOM series to denoise")
+    failures = len(rejected) + len(missing)
+    for item in wanted:
+        with tqdm(total=len(item.frames), unit="slice", disable=not progress, file=sys.stderr) as bar:
+            try:
+                derived = denoise_series(item, settings, derivation, torch_device, progress=bar.update)
+                folder = output / derived.series_uid
+                write_instances(derived.datasets, folder)
+            except (N2DInputError, ValueError, OSError) as exc:
+                failures += 1
+                typer.echo(f"n2d: error: series {item.series_uid}: {exc}", err=True)
+                continue
+        notes = f"; {'; '.join(item.problems)}" if item.problems else ""
+        typer.echo(
+            f"series {item.series_uid} -> {derived.series_uid}: {len(derived.datasets)} instances, "
+            f"{len(item.frames)} slices, {derived.seconds:.1f} s, {folder}{notes}"
+        )
+    if failures:
+        raise typer.Exit(1)
+
+
 @app.command()
 def bench(
     quick: Annotated[

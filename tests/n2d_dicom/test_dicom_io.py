@@ -6,17 +6,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
 from n2d_dicom.dicom_io import read_dicom_files, read_dicom_folder
-
-
-def data_file(name: str) -> Path:
-    path = get_testdata_file(name, download=False)
-    assert path, f"{name} missing: pip install pydicom-data"
-    return Path(path)
+from tests.n2d_dicom.conftest import data_file, write_ct_series
 
 
 def one_series(*paths: Path):
@@ -59,28 +53,6 @@ def test_enhanced_mr_frames_become_slices_with_frame_references(name):
     assert sorted(s.frame for s in volume.sources) == list(range(1, 11))
     assert len(series.datasets) == 1
     np.testing.assert_array_equal(volume.array, one_series(data_file("emri_small.dcm")).volume().array)
-
-
-def write_ct_series(folder: Path, positions, *, orientation=None, series_uid=None) -> list[Path]:
-    """A multi-slice CT series from CT_small.dcm: one file per position, names unrelated to order."""
-    series_uid = series_uid or generate_uid()
-    source = pydicom.dcmread(data_file("CT_small.dcm"))
-    x, y = float(source.ImagePositionPatient[0]), float(source.ImagePositionPatient[1])
-    base = source.pixel_array
-    paths = []
-    for number, z in enumerate(positions):
-        ds = source.copy()
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = len(positions) - number  # reversed on purpose
-        ds.ImagePositionPatient = [x, y, z]
-        ds.ImageOrientationPatient = list(orientation or [1, 0, 0, 0, 1, 0])
-        ds.PixelData = (base + number).astype(base.dtype).tobytes()
-        path = folder / f"{ds.SOPInstanceUID[-12:]}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def test_slices_are_sorted_by_position_along_the_normal(tmp_path):

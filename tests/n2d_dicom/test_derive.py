@@ -1,0 +1,175 @@
+"""Derived series written to disk, read back with pydicom and checked by dciodvfy."""
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from n2d_dicom.derive import PRIVATE_CREATOR, PRIVATE_GROUP, DerivationSettings
+from n2d_dicom.dicom_denoise import denoise_series, write_instances
+from n2d_dicom.dicom_io import read_dicom_files, read_dicom_folder
+from n2d_dicom.settings import N2DSettings
+from tests.n2d_dicom.conftest import data_file, write_ct_series
+
+QUICK = N2DSettings(iterations=3, channels=8)
+DEFAULT_DERIVATION = DerivationSettings()
+KEPT = (
+    "PatientName",
+    "PatientID",
+    "StudyInstanceUID",
+    "FrameOfReferenceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "InstanceNumber",
+    "SOPClassUID",
+    "Modality",
+)
+
+
+def derive_folder(folder: Path, out: Path, settings=QUICK, derivation=DEFAULT_DERIVATION):
+    (series,), rejected = read_dicom_folder(folder)
+    assert not rejected
+    derived = denoise_series(series, settings, derivation, torch.device("cpu"))
+    paths = write_instances(derived.datasets, out / derived.series_uid)
+    return series, derived, [pydicom.dcmread(p) for p in paths]
+
+
+@pytest.fixture
+def ct_series(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = write_ct_series(folder, [0.0, 5.0, 10.0])
+    for path in paths:  # give the source what a real scanner writes, to see what survives
+        ds = pydicom.dcmread(path)
+        ds.LossyImageCompression = "00"
+        ds.BurnedInAnnotation = "NO"
+        ds.IconImageSequence = [pydicom.Dataset()]
+        ds.add_new(0x00280106, "SS", int(ds.pixel_array.min()))  # Smallest Image Pixel Value
+        ds.private_block(0x0029, "SCANNER VENDOR", create=True).add_new(0x10, "LO", "vendor detail")
+        ds.save_as(path)
+    return folder
+
+
+def test_derived_series_keeps_the_source_metadata_and_gets_new_uids(ct_series, tmp_path):
+    series, derived, written = derive_folder(ct_series, tmp_path / "out")
+    sources = {str(f.dataset.InstanceNumber): f.dataset for f in series.frames}
+    assert len(written) == 3
+    assert {ds.SeriesInstanceUID for ds in written} == {derived.series_uid} != {series.series_uid}
+    for ds in written:
+        source = sources[str(ds.InstanceNumber)]
+        for keyword in KEPT:
+            assert ds.get(keyword) == source.get(keyword), keyword
+        assert ds.SOPInstanceUID != source.SOPInstanceUID
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert ds.SeriesNumber == source.SeriesNumber + 1000
+        assert ds.SeriesDescription == str(source.get("SeriesDescription", "")) + " [N2D]"
+        assert ds.ContentDate and ds.InstanceCreationDate and ds.InstanceCreationTime
+        assert ds.LossyImageCompression == "00" and ds.BurnedInAnnotation == "NO"
+        for dropped in ("IconImageSequence", "SmallestImagePixelValue"):
+            assert dropped not in ds
+        assert all(elem.tag.group != 0x0029 for elem in ds)
+
+
+def test_pixels_are_denoised_stored_values_of_the_same_format(ct_series, tmp_path):
+    series, _, written = derive_folder(ct_series, tmp_path / "out")
+    sources = {str(f.dataset.InstanceNumber): f.dataset.pixel_array for f in series.frames}
+    for ds in written:
+        before, after = sources[str(ds.InstanceNumber)], ds.pixel_array
+        assert after.dtype == before.dtype and after.shape == before.shape
+        assert not np.array_equal(after, before)
+    volume = np.stack(list(sources.values()))
+    denoised = np.stack([ds.pixel_array for ds in written])
+    assert volume.min() <= denoised.min() and denoised.max() <= volume.max()
+
+
+def test_provenance_is_recorded(ct_series, tmp_path):
+    series, _, written = derive_folder(ct_series, tmp_path / "out")
+    by_number = {str(f.dataset.InstanceNumber): f.dataset for f in series.frames}
+    for ds in written:
+        source = by_number[str(ds.InstanceNumber)]
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", *list(source.ImageType)[2:]]
+        assert "Noise2Detail" in ds.DerivationDescription and "3 iterations" in ds.DerivationDescription
+        code = ds.DerivationCodeSequence[0]
+        assert (code.CodeValue, code.CodingSchemeDesignator) == ("113087", "DCM")
+        (reference,) = ds.SourceImageSequence
+        assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert reference.ReferencedSOPClassUID == source.SOPClassUID
+        assert reference.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+        equipment = ds.ContributingEquipmentSequence[-1]
+        assert equipment.Manufacturer == "n2d-dicom" and equipment.SoftwareVersions
+        assert equipment.ContributionDateTime and equipment.ContributionDescription
+        assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+        assert block[0x02].value == "PER_SLICE" and block[0x03].value == 3 and block[0x06].value == 8
+        assert block[0x05].value == "cpu"
+        assert block[0x07].value == hashlib.sha256(source.PixelData).hexdigest()
+        assert block[0x08].value > 0
+
+
+def test_uid_root_and_labels_are_configurable(ct_series, tmp_path):
+    derivation = DerivationSettings(
+        uid_root="1.2.826.0.1.3680043.10.999.", series_number_offset=5, series_description_suffix=" denoised"
+    )
+    _, derived, written = derive_folder(ct_series, tmp_path / "out", derivation=derivation)
+    assert derived.series_uid.startswith("1.2.826.0.1.3680043.10.999.")
+    assert all(ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043.10.999.") for ds in written)
+    assert all(ds.SeriesDescription.endswith(" denoised") for ds in written)
+
+
+def test_enhanced_ct_frames_reference_their_source_frames(tmp_path):
+    (series,), _ = read_dicom_files([data_file("eCT_Supplemental.dcm")])
+    derived = denoise_series(series, QUICK, DerivationSettings(), torch.device("cpu"))
+    (ds,) = derived.datasets
+    assert list(ds.ImageType)[:2] == ["DERIVED", "PRIMARY"]
+    for number, frame in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        assert source.ReferencedFrameNumber == number
+        assert source.ReferencedSOPInstanceUID == series.datasets[0].SOPInstanceUID
+    assert ds.pixel_array.shape == series.datasets[0].pixel_array.shape
+
+
+DCIODVFY = shutil.which("dciodvfy")
+VALIDATED = [
+    "CT_small.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "emri_small_jpeg_ls_lossless.dcm",
+    "eCT_Supplemental.dcm",
+    "693_J2KR.dcm",
+    "JPGExtended.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm",
+]
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    assert DCIODVFY, "dciodvfy not found: apt-get install dicom3tools"
+    result = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=60)
+    return {line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")}
+
+
+@pytest.mark.parametrize("name", VALIDATED)
+def test_derived_objects_add_no_dciodvfy_error_to_their_source(name, tmp_path):
+    (series,), _ = read_dicom_files([data_file(name)])
+    derived = denoise_series(series, QUICK, DerivationSettings(), torch.device("cpu"))
+    (path,) = write_instances(derived.datasets, tmp_path)
+    assert dciodvfy_errors(path) - dciodvfy_errors(data_file(name)) == set()
