@@ -8,6 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.n2d_dicom.conftest import write_ct_series
+
 #: The console script pip installed beside the interpreter running the tests.
 N2D = Path(sys.executable).with_name("n2d")
 
@@ -77,3 +79,50 @@ def test_demo_writes_noisy_and_denoised_volumes_and_reports_psnr(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "PSNR" in result.stdout and "dB denoised (per-series, cpu)" in result.stdout
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["denoised.nii.gz", "noisy.nii.gz"]
+
+
+def test_denoise_dicom_writes_one_folder_per_series_and_lists_bad_files(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    write_ct_series(source, [0.0, 5.0, 10.0])
+    write_ct_series(source, [0.0, 2.0, 4.5, 6.5])
+    (source / "scan.txt").write_text("not dicom")
+    out = tmp_path / "out"
+    result = run("denoise-dicom", str(source), str(out), "--iterations", "3", "--device", "cpu")
+    assert result.returncode == 1  # one file was skipped
+    assert "n2d: skipped" in result.stderr and "scan.txt: not a readable DICOM file" in result.stderr
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("series ")]
+    assert len(summaries) == 2
+    assert any("4 instances" in line and "uneven spacing" in line for line in summaries)
+    assert sorted(len(list(folder.iterdir())) for folder in out.iterdir()) == [3, 4]
+
+
+def test_denoise_dicom_can_pick_one_series_and_exits_zero_when_all_went_well(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    uid = "1.2.826.0.1.3680043.10.999.1"
+    write_ct_series(source, [0.0, 5.0], series_uid=uid)
+    write_ct_series(source, [0.0, 5.0])
+    out = tmp_path / "out"
+    result = run(
+        "denoise-dicom",
+        str(source),
+        str(out),
+        "--series",
+        uid,
+        "--iterations",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"series {uid} -> ")
+    assert len(list(out.iterdir())) == 1
+
+
+def test_denoise_dicom_refuses_a_folder_without_grayscale_series(tmp_path):
+    (tmp_path / "in").mkdir()
+    result = run("denoise-dicom", str(tmp_path / "in"), str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 1
+    assert "no grayscale DICOM series to denoise" in result.stderr
