@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from n2d_dicom import __version__
+from n2d_dicom.derive import TransferSyntaxName as TransferSyntax
 from n2d_dicom.devices import resolve_device
 from n2d_dicom.errors import N2DInputError
 from n2d_dicom.nifti_io import default_slice_axis, denoise_nifti, read_nifti, slice_count
@@ -108,6 +109,9 @@ def denoise_dicom(
     uid_root: Annotated[str | None, typer.Option(help="Root for new UIDs, ending in '.'.")] = None,
     series_number_offset: Annotated[int, typer.Option(help="Added to the source Series Number.")] = 1000,
     description_suffix: Annotated[str, typer.Option(help="Appended to the Series Description.")] = " [N2D]",
+    transfer_syntax: Annotated[
+        TransferSyntax, typer.Option(help="Transfer syntax of the written files.")
+    ] = "explicit-little",
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Denoise DICOM series into new derived series (same study, full provenance), one folder each.
@@ -127,6 +131,7 @@ def denoise_dicom(
             uid_root=uid_root,
             series_number_offset=series_number_offset,
             series_description_suffix=description_suffix,
+            transfer_syntax=transfer_syntax,
         )
     )
     torch_device = guarded(lambda: resolve_device(device))

@@ -39,6 +39,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, gen
 from n2d_dicom import __version__
 from n2d_dicom.settings import N2DSettings
 
+TransferSyntaxName = Literal["explicit-little", "implicit-little"]
 PRIVATE_CREATOR = "N2D_DICOM 1"
 PRIVATE_GROUP = 0x0011
 DERIVATION_CODE = codes.cid7203.Smoothing
@@ -95,7 +96,7 @@ class DerivationSettings(BaseModel):
     series_description_suffix: str = Field(
         " [N2D]", max_length=20, description="Appended to the series description."
     )
-    transfer_syntax: Literal["explicit-little", "implicit-little"] = Field(
+    transfer_syntax: TransferSyntaxName = Field(
         "explicit-little", description="Transfer syntax of the written files (uncompressed)."
     )
 

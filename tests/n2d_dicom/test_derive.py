@@ -173,3 +173,9 @@ def test_derived_objects_add_no_dciodvfy_error_to_their_source(name, tmp_path):
     derived = denoise_series(series, QUICK, DerivationSettings(), torch.device("cpu"))
     (path,) = write_instances(derived.datasets, tmp_path)
     assert dciodvfy_errors(path) - dciodvfy_errors(data_file(name)) == set()
+
+
+def test_implicit_little_endian_output_can_be_chosen(ct_series, tmp_path):
+    derivation = DerivationSettings(transfer_syntax="implicit-little")
+    _, _, written = derive_folder(ct_series, tmp_path / "out", derivation=derivation)
+    assert {ds.file_meta.TransferSyntaxUID for ds in written} == {pydicom.uid.ImplicitVRLittleEndian}

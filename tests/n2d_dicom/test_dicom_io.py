@@ -123,3 +123,28 @@ def test_unusable_files_are_listed_with_the_reason_and_skipped(tmp_path):
     assert reasons["SC_rgb.dcm"] == "RGB images are not denoised (grayscale only)"
     assert reasons["rtplan.dcm"] == "no pixel data (not an image)"
     assert reasons["corrupt.dcm"].startswith("cannot decode pixel data (JPEG-LS Lossless")
+
+
+def test_jpeg_baseline_grayscale_decodes_close_to_what_was_encoded(tmp_path):
+    from io import BytesIO
+
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    image = ds.pixel_array.astype(np.float64)
+    gray = np.rint((image - image.min()) / (image.max() - image.min()) * 255).astype(np.uint8)
+    encoded = BytesIO()
+    Image.fromarray(gray).save(encoded, format="JPEG", quality=95)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for keyword in ("RescaleSlope", "RescaleIntercept", "SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.PixelData = encapsulate([encoded.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.LossyImageCompression = "01"
+    ds.save_as(tmp_path / "baseline.dcm", enforce_file_format=True)
+    decoded = one_series(tmp_path / "baseline.dcm").volume().array[0]
+    assert decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - gray).mean() < 2
