@@ -1,0 +1,178 @@
+"""The pynetdicom AE and its event handlers: the only module that knows pynetdicom's events.
+
+Each C-STORE is answered after the instance is durably in the spool (status
+0x0000), or with a failure status that says what happened to it:
+
+- 0xC210 the dataset cannot be decoded: the bytes are quarantined with the reason;
+- 0xC211 required identifiers (SOP Instance/Series/Study UID, SOP Class) are
+  missing or malformed: quarantined with the reason;
+- 0xA700 out of resources (disk full or not writable): nothing is kept, the
+  sender should retry later.
+
+Associations are accepted only from the configured calling AE titles, and only
+when they call our own AE title.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any
+
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    EnhancedPETImageStorage,
+    MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    PositronEmissionTomographyImageStorage,
+    SecondaryCaptureImageStorage,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from scp_server.config import NodeSettings
+from scp_server.spool import Spool, instance_of
+
+log = logging.getLogger(__name__)
+
+#: Image storage SOP classes the node accepts as an SCP.
+STORAGE_SOP_CLASSES = (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    MRImageStorage,
+    EnhancedMRImageStorage,
+    PositronEmissionTomographyImageStorage,
+    EnhancedPETImageStorage,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+)
+#: Transfer syntaxes accepted for each of them: uncompressed and the common compressed ones.
+TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC210
+MISSING_IDENTIFIERS = 0xC211
+
+
+def handle_store(event: Event, spool: Spool) -> int:
+    """C-STORE: keep the instance durably, then answer; every failure has its own status."""
+    calling = event.assoc.requestor.ae_title
+    encoded = event.encoded_dataset()
+    try:
+        dataset = event.dataset
+    except Exception as exc:  # pydicom raises many types for malformed data
+        where = spool.quarantine(encoded, f"cannot decode dataset: {exc}", calling)
+        log.warning("C-STORE from %s: undecodable dataset quarantined as %s (0xC210)", calling, where.name)
+        return CANNOT_UNDERSTAND
+    try:
+        instance = instance_of(dataset)
+        stored = spool.store(encoded, instance, calling)
+    except (AttributeError, ValueError) as exc:
+        where = spool.quarantine(encoded, str(exc), calling)
+        log.warning("C-STORE from %s: %s; quarantined as %s (0xC211)", calling, exc, where.name)
+        return MISSING_IDENTIFIERS
+    except OSError as exc:
+        reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
+        log.error("C-STORE from %s: not stored (%s); peer must retry (0xA700)", calling, reason)
+        return OUT_OF_RESOURCES
+    log.debug(
+        "C-STORE from %s: %s %s/%s",
+        calling,
+        "stored" if stored else "duplicate of",
+        instance.series_instance_uid,
+        instance.sop_instance_uid,
+    )
+    return SUCCESS
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO: we are here."""
+    return SUCCESS
+
+
+def _log_association(event: Event) -> None:
+    """One line per association event, with AE titles and addresses only."""
+    peer = event.assoc.requestor
+    log.info(
+        "association %s: %s (%s:%s) -> %s",
+        event.event.name.removeprefix("EVT_").lower(),
+        peer.ae_title,
+        peer.address,
+        peer.port,
+        event.assoc.acceptor.ae_title,
+    )
+
+
+def build_ae(settings: NodeSettings) -> AE:
+    """The AE with our title, policies and presentation contexts."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.require_called_aet = True
+    ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.maximum_associations = settings.max_associations
+    ae.network_timeout = settings.network_timeout_s
+    ae.add_supported_context(Verification)
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+    return ae
+
+
+def start_scp(settings: NodeSettings, spool: Spool) -> ThreadedAssociationServer:
+    """Listen in background threads; call ``shutdown()`` on the result to stop."""
+    if not settings.allowed_calling_aets:
+        raise ValueError("allowed_calling_aets is empty: configure who may store to this node")
+    handlers: list[Any] = [
+        (evt.EVT_C_STORE, handle_store, [spool]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_ACCEPTED, _log_association),
+        (evt.EVT_RELEASED, _log_association),
+        (evt.EVT_ABORTED, _log_association),
+        (evt.EVT_REJECTED, _log_association),
+    ]
+    server = build_ae(settings).start_server(
+        (settings.bind_address, settings.port), block=False, evt_handlers=handlers
+    )
+    assert server is not None  # block=False always returns the server
+    log.info("listening as %s on %s:%s", settings.ae_title, settings.bind_address, settings.port)
+    return server

@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import pytest
+
+from scp_server.config import ConfigError, load_settings
+
+
+def test_yaml_file_then_environment_override(tmp_path, monkeypatch):
+    path = tmp_path / "node.yaml"
+    path.write_text("ae_title: DENOISE\nport: 4242\nallowed_calling_aets: [PACS, CT01]\n")
+    monkeypatch.setenv("N2D_PORT", "5000")
+    settings = load_settings(path)
+    assert (settings.ae_title, settings.port, settings.allowed_calling_aets) == (
+        "DENOISE",
+        5000,
+        ["PACS", "CT01"],
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("port: 70000\n", "port"),
+        ("ae_title: '   '\n", "not an AE title"),
+        ("ae_title: WAY_TOO_LONG_AE_TITLE\n", "ae_title"),
+        ("unknown_key: 1\n", "unknown_key"),
+        ("- just\n- a list\n", "mapping"),
+    ],
+)
+def test_bad_configuration_names_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / "node.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(path)
+    assert str(path) in str(info.value)
+
+
+def test_example_config_loads():
+    settings = load_settings(Path(__file__).resolve().parents[2] / "config" / "node.yaml")
+    assert settings.ae_title == "N2D" and settings.allowed_calling_aets == ["STORESCU"]

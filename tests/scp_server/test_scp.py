@@ -1,0 +1,179 @@
+"""The node's C-STORE/C-ECHO SCP, talked to over loopback by real peers (pynetdicom and dcmtk)."""
+
+import shutil
+import socket
+import subprocess
+
+import pydicom
+import pynetdicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+
+from scp_server.config import NodeSettings
+from scp_server.scp import start_scp
+from scp_server.spool import Spool
+from tests.n2d_dicom.conftest import data_file, write_ct_series
+
+CALLER = "STORESCU"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A running SCP on a free loopback port, with its spool; stopped after the test."""
+    settings = NodeSettings(port=free_port(), allowed_calling_aets=[CALLER], spool_dir=tmp_path / "spool")
+    spool = Spool(settings.spool_dir)
+    server = start_scp(settings, spool)
+    yield settings, spool
+    server.shutdown()
+    spool.close()
+
+
+def associate(settings: NodeSettings, calling: str = CALLER, called: str | None = None):
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(MRImageStorage)
+    return ae.associate("127.0.0.1", settings.port, ae_title=called or settings.ae_title)
+
+
+def store(settings: NodeSettings, *datasets_or_paths) -> list[int]:
+    assoc = associate(settings)
+    assert assoc.is_established
+    statuses = [assoc.send_c_store(item).Status for item in datasets_or_paths]
+    assoc.release()
+    return statuses
+
+
+def dcmtk(tool: str, settings: NodeSettings, *args: str, calling: str = CALLER):
+    binary = shutil.which(tool)
+    assert binary, f"{tool} not found: apt-get install dcmtk"
+    command = [binary, "-aet", calling, "-aec", settings.ae_title, "127.0.0.1", str(settings.port), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_pynetdicom_store_is_acknowledged_once_on_disk_and_indexed(node):
+    settings, spool = node
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    assert store(settings, source) == [0x0000]
+    (path,) = spool.series_files(source.SeriesInstanceUID)
+    stored = pydicom.dcmread(path)
+    assert stored.SOPInstanceUID == source.SOPInstanceUID
+    assert stored.PixelData == source.PixelData
+
+
+def test_dcmtk_storescu_sends_a_multi_slice_series(node, tmp_path):
+    settings, spool = node
+    folder = tmp_path / "series"
+    folder.mkdir()
+    paths = write_ct_series(folder, [0.0, 2.5, 5.0, 7.5])
+    result = dcmtk("storescu", settings, *map(str, paths))
+    assert result.returncode == 0, result.stderr
+    uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
+    assert len(spool.series_files(uid)) == 4
+
+
+def test_dcmtk_echoscu_is_answered(node):
+    settings, _ = node
+    assert dcmtk("echoscu", settings).returncode == 0
+
+
+def test_unknown_calling_ae_is_rejected(node):
+    settings, _ = node
+    assert dcmtk("echoscu", settings, calling="INTRUDER").returncode != 0
+    assoc = associate(settings, calling="INTRUDER")
+    assert assoc.is_rejected
+
+
+def test_wrong_called_ae_is_rejected(node):
+    settings, _ = node
+    assert associate(settings, called="SOMEONE_ELSE").is_rejected
+
+
+def test_duplicate_instances_are_acknowledged_and_stored_once(node):
+    settings, spool = node
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    assert store(settings, source, source) == [0x0000, 0x0000]
+    assert len(spool.series_files(source.SeriesInstanceUID)) == 1
+
+
+def test_instance_without_series_uid_is_refused_and_quarantined(node):
+    settings, spool = node
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    del source.SeriesInstanceUID
+    assert store(settings, source) == [0xC211]
+    ((path, reason),) = spool.quarantined()
+    assert reason == "missing SeriesInstanceUID" and path.is_file()
+
+
+def test_undecodable_dataset_is_refused_and_quarantined(node, tmp_path, monkeypatch):
+    settings, spool = node
+    # Send the file's bytes as they are (pynetdicom's documented option), as a faulty peer would.
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    good = tmp_path / "good.dcm"
+    pydicom.dcmread(data_file("CT_small.dcm")).save_as(good, enforce_file_format=True)
+    raw = good.read_bytes()
+    sop_uid = raw.index(b"\x08\x00\x18\x00UI")  # (0008,0018) SOP Instance UID, explicit VR
+    end = sop_uid + 8 + int.from_bytes(raw[sop_uid + 6 : sop_uid + 8], "little")
+    # A sequence of undefined length whose items are garbage: the peer can still read the
+    # identifiers at the front, the node cannot decode the dataset.
+    garbage = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + bytes(range(1, 9)) * 3
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(raw[:end] + garbage)
+    assert store(settings, broken) == [0xC210]
+    ((path, reason),) = spool.quarantined()
+    assert reason.startswith("cannot decode dataset") and path.read_bytes().endswith(garbage)
+
+
+def test_full_disk_answers_out_of_resources_and_leaves_nothing_half_written(tmp_path):
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount_point)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk for real")
+    spool = Spool(mount_point)
+    try:
+        settings = NodeSettings(port=free_port(), allowed_calling_aets=[CALLER], spool_dir=mount_point)
+        server = start_scp(settings, spool)
+        try:
+            big = pydicom.dcmread(data_file("MR_small.dcm"))
+            statuses = []
+            for number in range(40):  # 8 kB each: the 200 kB disk fills up part way
+                big.SOPInstanceUID = f"1.2.826.0.1.3680043.10.999.{number}"
+                statuses.extend(store(settings, big))
+        finally:
+            server.shutdown()
+        assert statuses[0] == 0x0000 and 0xA700 in statuses
+        stored = [p for p in (mount_point / "instances").rglob("*") if p.is_file()]
+        assert not [p for p in stored if p.name.startswith(".")]  # no temporary leftovers
+        for path in stored:
+            pydicom.dcmread(path)  # every kept file is whole
+        assert len(stored) == statuses.count(0x0000)
+    finally:
+        spool.close()
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_peer_aborting_mid_series_leaves_only_whole_instances(node, tmp_path):
+    settings, spool = node
+    folder = tmp_path / "series"
+    folder.mkdir()
+    paths = write_ct_series(folder, [0.0, 1.0, 2.0])
+    assoc = associate(settings)
+    assert assoc.send_c_store(pydicom.dcmread(paths[0])).Status == 0x0000
+    assoc.abort()
+    uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
+    (path,) = spool.series_files(uid)
+    assert pydicom.dcmread(path).SOPInstanceUID == pydicom.dcmread(paths[0]).SOPInstanceUID
+    assert not [p for p in spool.instances_dir.rglob(".*")]
+
+
+def test_start_refuses_an_empty_list_of_allowed_callers(tmp_path):
+    with pytest.raises(ValueError, match="allowed_calling_aets is empty"):
+        start_scp(NodeSettings(port=free_port(), spool_dir=tmp_path), Spool(tmp_path))
