@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -30,3 +32,10 @@ def phantom() -> np.ndarray:
 @pytest.fixture(scope="session")
 def noisy_phantom(phantom: np.ndarray) -> np.ndarray:
     return add_noise(phantom, "gaussian", seed=1)
+
+
+def dcmtk(tool: str) -> str:
+    """Path of a dcmtk command-line tool (pynetdicom installs look-alikes into the venv's bin)."""
+    path = shutil.which(tool, path="/usr/bin:/usr/local/bin")
+    assert path, f"dcmtk's {tool} not found: apt-get install dcmtk"
+    return path

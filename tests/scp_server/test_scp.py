@@ -1,6 +1,5 @@
 """The node's C-STORE/C-ECHO SCP, talked to over loopback by real peers (pynetdicom and dcmtk)."""
 
-import shutil
 import socket
 import subprocess
 
@@ -13,6 +12,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from scp_server.config import NodeSettings
 from scp_server.scp import start_scp
 from scp_server.spool import Spool
+from tests.conftest import dcmtk
 from tests.n2d_dicom.conftest import data_file, write_ct_series
 
 CALLER = "STORESCU"
@@ -51,10 +51,17 @@ def store(settings: NodeSettings, *datasets_or_paths) -> list[int]:
     return statuses
 
 
-def dcmtk(tool: str, settings: NodeSettings, *args: str, calling: str = CALLER):
-    binary = shutil.which(tool)
-    assert binary, f"{tool} not found: apt-get install dcmtk"
-    command = [binary, "-aet", calling, "-aec", settings.ae_title, "127.0.0.1", str(settings.port), *args]
+def run_dcmtk(tool: str, settings: NodeSettings, *args: str, calling: str = CALLER):
+    command = [
+        dcmtk(tool),
+        "-aet",
+        calling,
+        "-aec",
+        settings.ae_title,
+        "127.0.0.1",
+        str(settings.port),
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
@@ -73,7 +80,7 @@ def test_dcmtk_storescu_sends_a_multi_slice_series(node, tmp_path):
     folder = tmp_path / "series"
     folder.mkdir()
     paths = write_ct_series(folder, [0.0, 2.5, 5.0, 7.5])
-    result = dcmtk("storescu", settings, *map(str, paths))
+    result = run_dcmtk("storescu", settings, *map(str, paths))
     assert result.returncode == 0, result.stderr
     uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
     assert len(spool.series_files(uid)) == 4
@@ -81,12 +88,12 @@ def test_dcmtk_storescu_sends_a_multi_slice_series(node, tmp_path):
 
 def test_dcmtk_echoscu_is_answered(node):
     settings, _ = node
-    assert dcmtk("echoscu", settings).returncode == 0
+    assert run_dcmtk("echoscu", settings).returncode == 0
 
 
 def test_unknown_calling_ae_is_rejected(node):
     settings, _ = node
-    assert dcmtk("echoscu", settings, calling="INTRUDER").returncode != 0
+    assert run_dcmtk("echoscu", settings, calling="INTRUDER").returncode != 0
     assoc = associate(settings, calling="INTRUDER")
     assert assoc.is_rejected
 

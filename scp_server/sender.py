@@ -1,0 +1,140 @@
+"""C-STORE SCU: deliver stored files to a destination, with retries and a result per instance.
+
+Files are sent as they are on disk (their own transfer syntax first, the
+uncompressed ones as fall-backs), so nothing is decoded or re-encoded on the way
+out. Each instance ends in one of three states, recorded in its
+:class:`SendResult`:
+
+- delivered: success or a warning status (0x0000, 0xB000, 0xB006, 0xB007);
+- refused: a failure status other than "out of resources"; the destination
+  has said no, sending again would not change that, so it is not retried;
+- undelivered: no association, an abort, a timeout or 0xA7xx after every
+  attempt; the caller keeps it for a later try.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydantic import BaseModel, ConfigDict, Field
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+log = logging.getLogger(__name__)
+
+DELIVERED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+#: pynetdicom proposes at most this many presentation contexts in one association.
+MAX_CONTEXTS = 128
+
+
+class Destination(BaseModel):
+    """A peer that receives derived series (a PACS, a viewer, a research store)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ae_title: str = Field(min_length=1, max_length=16, description="The destination's AE title.")
+    host: str = Field(description="Host name or address.")
+    port: int = Field(ge=1, le=65535, description="DICOM port.")
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What happened to one file."""
+
+    path: Path
+    sop_instance_uid: str
+    status: int | None
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status in DELIVERED
+
+    @property
+    def refused(self) -> bool:
+        return self.status is not None and not self.delivered and self.status >> 8 != 0xA7
+
+
+def _requested_contexts(ae: AE, paths: list[Path]) -> dict[Path, pydicom.FileDataset]:
+    """Propose each file's SOP class with its own and the uncompressed transfer syntaxes."""
+    headers = {path: pydicom.dcmread(path, stop_before_pixels=True) for path in paths}
+    syntaxes: dict[str, list[str]] = {}
+    for header in headers.values():
+        wanted = syntaxes.setdefault(
+            str(header.SOPClassUID), [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        )
+        own = str(header.file_meta.TransferSyntaxUID)
+        if own not in wanted:
+            wanted.insert(0, own)
+    if len(syntaxes) > MAX_CONTEXTS:
+        raise ValueError(f"{len(syntaxes)} SOP classes in one batch; at most {MAX_CONTEXTS} can be proposed")
+    for sop_class, transfer_syntaxes in syntaxes.items():
+        ae.add_requested_context(sop_class, transfer_syntaxes)
+    return headers
+
+
+def send_files(
+    paths: list[Path],
+    destination: Destination,
+    calling_ae: str,
+    attempts: int = 3,
+    backoff_s: float = 2.0,
+    timeout_s: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[SendResult]:
+    """Send ``paths`` to ``destination``; retry what was not answered, with exponential backoff."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    headers = _requested_contexts(ae, paths)
+    results: dict[Path, SendResult] = {}
+    pending = list(paths)
+    for attempt in range(attempts):
+        if attempt:
+            sleep(backoff_s * 2 ** (attempt - 1))
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not assoc.is_established:
+            reason = "rejected" if assoc.is_rejected else "no association"
+            log.warning(
+                "send to %s: %s (attempt %d of %d)", destination.ae_title, reason, attempt + 1, attempts
+            )
+            for path in pending:
+                results[path] = SendResult(path, str(headers[path].SOPInstanceUID), None, reason)
+            continue
+        still_pending = []
+        for path in pending:
+            result = _send_one(assoc, path, str(headers[path].SOPInstanceUID))
+            results[path] = result
+            if not (result.delivered or result.refused):
+                still_pending.append(path)
+        if assoc.is_established:
+            assoc.release()
+        pending = still_pending
+        if not pending:
+            break
+    log.info(
+        "send to %s: %d delivered, %d refused, %d undelivered",
+        destination.ae_title,
+        sum(r.delivered for r in results.values()),
+        sum(r.refused for r in results.values()),
+        len(pending),
+    )
+    return [results[path] for path in paths]
+
+
+def _send_one(assoc: Association, path: Path, sop_instance_uid: str) -> SendResult:
+    try:
+        response = assoc.send_c_store(path)
+    except (RuntimeError, ValueError) as exc:  # association lost, no matching context
+        return SendResult(path, sop_instance_uid, None, str(exc))
+    status = response.get("Status") if response else None
+    if status is None:
+        return SendResult(path, sop_instance_uid, None, "no response (association aborted or timed out)")
+    return SendResult(
+        path, sop_instance_uid, int(status), None if int(status) in DELIVERED else "failure status"
+    )
