@@ -210,6 +210,30 @@ def demo(
 
 
 @app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option(help="Node configuration (YAML); N2D_* env vars override.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the DICOM node: receive series over C-STORE, denoise them, send derived series back."""
+    import logging
+
+    from scp_server.config import ConfigError, load_settings
+    from scp_server.service import serve as run_node
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        run_node(settings)
+    except (OSError, ValueError, N2DInputError) as exc:
+        fail(str(exc))
+
+
+@app.command()
 def version() -> None:
     """Print the n2d-dicom version."""
     typer.echo(__version__)

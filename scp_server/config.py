@@ -2,18 +2,61 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydicom.dataset import Dataset
+
+from n2d_dicom.derive import DerivationSettings
+from n2d_dicom.settings import N2DSettings
+from scp_server.sender import Destination
 
 #: An AE title: 1-16 characters of the default repertoire, no backslash (and not all spaces).
 AE_TITLE = r"^[ -\[\]-~]{1,16}$"
 
 
+class RouteMatch(BaseModel):
+    """Which series a route takes; an empty list matches anything."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    modalities: list[str] = Field(
+        default_factory=list, description="Modality (0008,0060) values, e.g. [CT, MR]."
+    )
+    sop_class_uids: list[str] = Field(default_factory=list, description="SOP Class UIDs.")
+    series_description_regex: str | None = Field(None, description="Searched in Series Description.")
+    calling_aets: list[str] = Field(default_factory=list, description="AE titles that sent the series.")
+
+    def matches(self, header: Dataset, calling_aet: str) -> bool:
+        """Whether a series whose first instance is ``header``, sent by ``calling_aet``, is taken."""
+        description = str(header.get("SeriesDescription") or "")
+        return (
+            (not self.modalities or str(header.get("Modality", "")) in self.modalities)
+            and (not self.sop_class_uids or str(header.get("SOPClassUID", "")) in self.sop_class_uids)
+            and (
+                not self.series_description_regex
+                or re.search(self.series_description_regex, description) is not None
+            )
+            and (not self.calling_aets or calling_aet in self.calling_aets)
+        )
+
+
+class Route(BaseModel):
+    """What to denoise, how, and where the derived series goes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Shown in logs.")
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    n2d: N2DSettings = Field(default_factory=N2DSettings, description="Denoising settings for this route.")
+    destinations: list[Destination] = Field(min_length=1, description="Where derived series are sent.")
+
+
 class NodeSettings(BaseSettings):
-    """How the node listens and where it keeps what it receives."""
+    """How the node listens, where it keeps what it receives, and what it does with it."""
 
     model_config = SettingsConfigDict(
         env_prefix="N2D_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -29,6 +72,22 @@ class NodeSettings(BaseSettings):
     spool_dir: Path = Field(Path("spool"), description="Where received instances and the index are kept.")
     max_associations: int = Field(10, ge=1, le=1000, description="Concurrent associations accepted.")
     network_timeout_s: float = Field(60, gt=0, le=3600, description="Drop a silent peer after this long.")
+    quiet_period_s: float = Field(
+        30, ge=0, le=3600, description="A released series is complete after this long without a new instance."
+    )
+    max_wait_s: float = Field(
+        3600, gt=0, description="A series is complete this long after its first instance."
+    )
+    routes: list[Route] = Field(
+        default_factory=list, description="First matching route wins; none: not processed."
+    )
+    derivation: DerivationSettings = Field(default_factory=DerivationSettings)
+    device: str = Field("auto", description="Where the worker denoises: auto, cpu, cuda, cuda:N.")
+    send_attempts: int = Field(5, ge=1, le=100, description="Associations tried per destination and run.")
+    send_backoff_s: float = Field(
+        2, ge=0, le=600, description="First wait between attempts; doubles each time."
+    )
+    http_port: int = Field(8080, ge=0, le=65535, description="/healthz and /metrics on bind_address; 0: off.")
 
     @field_validator("ae_title", "allowed_calling_aets")
     @classmethod
@@ -71,3 +130,8 @@ def load_settings(path: Path | None = None) -> NodeSettings:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path or 'environment'}: {problems}") from exc
+
+
+def route_for(settings: NodeSettings, header: Dataset, calling_aet: str) -> Route | None:
+    """The first route that takes this series, or ``None``."""
+    return next((route for route in settings.routes if route.match.matches(header, calling_aet)), None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import (
@@ -90,14 +91,26 @@ TRANSFER_SYNTAXES = (
     RLELossless,
 )
 
+StoredHook = Callable[[str, str], None]
+EndedHook = Callable[[str], None]
+
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
 MISSING_IDENTIFIERS = 0xC211
 
 
-def handle_store(event: Event, spool: Spool) -> int:
-    """C-STORE: keep the instance durably, then answer; every failure has its own status."""
+def association_key(event: Event) -> str:
+    """An identifier for the association an event belongs to, unique while it lasts."""
+    return f"{event.assoc.requestor.ae_title}-{id(event.assoc)}"
+
+
+def handle_store(event: Event, spool: Spool, on_stored: StoredHook | None = None) -> int:
+    """C-STORE: keep the instance durably, then answer; every failure has its own status.
+
+    ``on_stored`` hears of every instance that is on disk (new or duplicate), with
+    its association, so that series completion can be tracked.
+    """
     calling = event.assoc.requestor.ae_title
     encoded = event.encoded_dataset()
     try:
@@ -117,6 +130,8 @@ def handle_store(event: Event, spool: Spool) -> int:
         reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
         log.error("C-STORE from %s: not stored (%s); peer must retry (0xA700)", calling, reason)
         return OUT_OF_RESOURCES
+    if on_stored is not None:
+        on_stored(instance.series_instance_uid, association_key(event))
     log.debug(
         "C-STORE from %s: %s %s/%s",
         calling,
@@ -158,16 +173,31 @@ def build_ae(settings: NodeSettings) -> AE:
     return ae
 
 
-def start_scp(settings: NodeSettings, spool: Spool) -> ThreadedAssociationServer:
-    """Listen in background threads; call ``shutdown()`` on the result to stop."""
+def _association_ended(event: Event, on_ended: EndedHook | None) -> None:
+    _log_association(event)
+    if on_ended is not None:
+        on_ended(association_key(event))
+
+
+def start_scp(
+    settings: NodeSettings,
+    spool: Spool,
+    on_stored: StoredHook | None = None,
+    on_ended: EndedHook | None = None,
+) -> ThreadedAssociationServer:
+    """Listen in background threads; call ``shutdown()`` on the result to stop.
+
+    ``on_stored(series_uid, association)`` follows every stored instance and
+    ``on_ended(association)`` every released or aborted association.
+    """
     if not settings.allowed_calling_aets:
         raise ValueError("allowed_calling_aets is empty: configure who may store to this node")
     handlers: list[Any] = [
-        (evt.EVT_C_STORE, handle_store, [spool]),
+        (evt.EVT_C_STORE, handle_store, [spool, on_stored]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_ACCEPTED, _log_association),
-        (evt.EVT_RELEASED, _log_association),
-        (evt.EVT_ABORTED, _log_association),
+        (evt.EVT_RELEASED, _association_ended, [on_ended]),
+        (evt.EVT_ABORTED, _association_ended, [on_ended]),
         (evt.EVT_REJECTED, _log_association),
     ]
     server = build_ae(settings).start_server(

@@ -143,6 +143,16 @@ class Spool:
             ).fetchall()
         return [self.root / path for (path,) in rows]
 
+    def calling_aet(self, series_instance_uid: str) -> str:
+        """The AE title that sent the first instance of a series ("" if unknown)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT calling_aet FROM instances WHERE series_instance_uid = ? "
+                "ORDER BY received_at LIMIT 1",
+                (series_instance_uid,),
+            ).fetchone()
+        return "" if row is None else str(row[0])
+
     def quarantined(self) -> list[tuple[Path, str]]:
         """Quarantined files and the reason each was refused."""
         with self._lock:

@@ -136,6 +136,14 @@ class SeriesTracker:
                 (series_instance_uid, run),
             )
 
+    def queued(self) -> list[DueSeries]:
+        """Series claimed but not finished: what a restart must process again."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_instance_uid, run FROM series WHERE state = 'queued'"
+            ).fetchall()
+        return [DueSeries(str(uid), int(run)) for uid, run in rows]
+
     def state(self, series_instance_uid: str) -> tuple[str, int] | None:
         """``(state, run)`` of a series, or ``None`` if it was never seen."""
         with self._lock:

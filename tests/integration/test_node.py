@@ -1,0 +1,132 @@
+"""The node as a site runs it: `n2d serve` in its own process, dcmtk's storescu as the modality,
+a pynetdicom SCP as the PACS that receives the derived series. Loopback only; stops by itself."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage
+
+from tests.conftest import dcmtk
+from tests.n2d_dicom.conftest import write_ct_series
+from tests.scp_server.test_scp import free_port
+
+N2D = Path(sys.executable).with_name("n2d")
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else "node exited"
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on {port} after {timeout} s")
+
+
+@pytest.fixture
+def pacs():
+    """A receiving SCP standing in for the PACS; collects the datasets it is sent."""
+    received: list[pydicom.Dataset] = []
+
+    def handle(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
+    yield port, received
+    server.shutdown()
+
+
+@pytest.fixture
+def node(tmp_path, pacs):
+    pacs_port, _ = pacs
+    port, http_port = free_port(), free_port()
+    config = {
+        "ae_title": "N2D",
+        "port": port,
+        "http_port": http_port,
+        "allowed_calling_aets": ["STORESCU"],
+        "spool_dir": str(tmp_path / "spool"),
+        "quiet_period_s": 0.5,
+        "device": "cpu",
+        "send_backoff_s": 0.2,
+        "routes": [
+            {
+                "name": "ct",
+                "match": {"modalities": ["CT"]},
+                "n2d": {"iterations": 3, "channels": 8, "mode": "per-series"},
+                "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}],
+            }
+        ],
+    }
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen(
+        [str(N2D), "serve", "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_port(port, process)
+        yield port, http_port, process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_a_series_sent_with_storescu_comes_back_as_a_derived_series(node, pacs, tmp_path):
+    port, http_port, process = node
+    _, received = pacs
+    folder = tmp_path / "modality"
+    folder.mkdir()
+    sources = [pydicom.dcmread(p) for p in write_ct_series(folder, [0.0, 2.5, 5.0, 7.5])]
+    sent = subprocess.run(
+        [
+            dcmtk("storescu"),
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "N2D",
+            "127.0.0.1",
+            str(port),
+            *map(str, folder.iterdir()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+
+    deadline = time.monotonic() + 120
+    while len(received) < 4 and time.monotonic() < deadline:
+        assert process.poll() is None
+        time.sleep(0.25)
+    assert len(received) == 4
+
+    assert {ds.StudyInstanceUID for ds in received} == {sources[0].StudyInstanceUID}
+    assert len({ds.SeriesInstanceUID for ds in received}) == 1
+    assert received[0].SeriesInstanceUID != sources[0].SeriesInstanceUID
+    assert {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in received} == {
+        ds.SOPInstanceUID for ds in sources
+    }
+    assert all(list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"] for ds in received)
+
+    health = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5).read()
+    assert health == b"ok\n"
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
+    assert "n2d_instances_received_total 4.0" in metrics
+    assert "n2d_series_completed_total 1.0" in metrics
