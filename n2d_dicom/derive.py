@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import uuid
 from datetime import datetime
 from typing import Literal
 
@@ -148,9 +149,17 @@ def pixel_hash(source: Dataset) -> str:
     return hashlib.sha256(bytes(source.PixelData)).hexdigest()
 
 
-def new_series_uid(settings: DerivationSettings) -> str:
-    """One per derived series: every instance derived from one source series shares it."""
-    return str(generate_uid(prefix=settings.uid_root))
+def new_uid(settings: DerivationSettings, identity: str | None = None) -> str:
+    """A new UID under ``uid_root``: random, or the same every time for the same ``identity``.
+
+    Reproducible UIDs let a job that is run again (after a crash, say) write and
+    send the *same* instances again rather than a second copy of the series.
+    """
+    if identity is None:
+        return str(generate_uid(prefix=settings.uid_root))
+    if settings.uid_root is None:  # 2.25: the UID must be a UUID's integer value
+        return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, identity).int}"
+    return str(generate_uid(prefix=settings.uid_root, entropy_srcs=[identity]))
 
 
 def derive_instance(
@@ -161,7 +170,11 @@ def derive_instance(
     settings: DerivationSettings,
     now: datetime,
 ) -> Dataset:
-    """The derived copy of ``source`` holding ``pixels`` (stored values, same shape and dtype)."""
+    """The derived copy of ``source`` holding ``pixels`` (stored values, same shape and dtype).
+
+    Its SOP Instance UID follows from ``series_uid`` and the source's, so the same
+    derived series always holds the same instance UIDs.
+    """
     original = source.pixel_array
     if pixels.shape != original.shape or pixels.dtype.itemsize != original.dtype.itemsize:
         raise ValueError(
@@ -176,7 +189,7 @@ def derive_instance(
         if keyword in derived:
             delattr(derived, keyword)
 
-    sop_uid = generate_uid(prefix=settings.uid_root)
+    sop_uid = new_uid(settings, f"{series_uid}/{source.SOPInstanceUID}")
     derived.SOPInstanceUID = sop_uid
     derived.SeriesInstanceUID = series_uid
     derived.SeriesNumber = int(source.get("SeriesNumber") or 0) + settings.series_number_offset

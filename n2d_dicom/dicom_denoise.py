@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from n2d_dicom.atomic import atomic_path
 from n2d_dicom.denoise import denoise_stack
-from n2d_dicom.derive import DerivationSettings, Provenance, derive_instance, new_series_uid
+from n2d_dicom.derive import DerivationSettings, Provenance, derive_instance, new_uid
 from n2d_dicom.dicom_io import DicomSeries, Frame
 from n2d_dicom.n2d import Progress
 from n2d_dicom.settings import N2DSettings
@@ -68,13 +68,18 @@ def denoise_series(
     derivation: DerivationSettings,
     device: torch.device,
     progress: Progress | None = None,
+    identity: str | None = None,
 ) -> DerivedSeries:
-    """Denoise every frame of ``series`` and build the derived instances."""
+    """Denoise every frame of ``series`` and build the derived instances.
+
+    With an ``identity`` (the node passes the source series and run), the derived
+    Series and SOP Instance UIDs are the same each time that identity is processed.
+    """
     started = time.perf_counter()
     denoised = denoise_frames(series.frames, settings, device, progress)
     pixels = _pixels_per_object(series, denoised)
     provenance = Provenance(n2d=settings, device=str(device), seconds=time.perf_counter() - started)
-    series_uid = new_series_uid(derivation)
+    series_uid = new_uid(derivation, None if identity is None else f"{series.series_uid}/{identity}")
     now = datetime.now()
     datasets = [
         derive_instance(source, pixels[str(source.SOPInstanceUID)], series_uid, provenance, derivation, now)

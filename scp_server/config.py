@@ -87,6 +87,7 @@ class NodeSettings(BaseSettings):
     send_backoff_s: float = Field(
         2, ge=0, le=600, description="First wait between attempts; doubles each time."
     )
+    outbox_retry_s: float = Field(60, gt=0, le=86400, description="How often undelivered files are retried.")
     http_port: int = Field(8080, ge=0, le=65535, description="/healthz and /metrics on bind_address; 0: off.")
 
     @field_validator("ae_title", "allowed_calling_aets")

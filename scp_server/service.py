@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from n2d_dicom.devices import resolve_device
 from scp_server.config import NodeSettings
 from scp_server.metrics import NodeMetrics
+from scp_server.outbox import Outbox
 from scp_server.scp import start_scp
 from scp_server.spool import Spool
 from scp_server.tasks import SeriesProcessor, make_queue, register
@@ -40,10 +42,11 @@ class Node:
         self.metrics = NodeMetrics()
         self.queue = make_queue(settings)
         self.metrics.queue_depth.set_function(lambda: float(self.queue.pending_count()))
+        self.outbox = Outbox(settings.spool_dir / "outbox.sqlite3")
         processor = SeriesProcessor(
-            settings, self.spool, self.tracker, self.metrics, resolve_device(settings.device)
+            settings, self.spool, self.tracker, self.metrics, self.outbox, resolve_device(settings.device)
         )
-        self.process_series = register(self.queue, processor)
+        self.process_series, self.deliver_outbox = register(self.queue, processor)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._servers: list[object] = []
@@ -57,6 +60,8 @@ class Node:
         for due in self.tracker.queued():
             log.info("series %s run %d: queued again after restart", due.series_instance_uid, due.run)
             self.process_series(due.series_instance_uid, due.run)
+        if self.outbox.pending():
+            self.deliver_outbox()
         scp = start_scp(self.settings, self.spool, self._stored, self.tracker.association_released)
         self._servers.append(scp)
         self._spawn(self._poll_complete_series, "series-poller")
@@ -75,6 +80,7 @@ class Node:
         for thread in self._threads:
             thread.join(timeout=10)
         self.tracker.close()
+        self.outbox.close()
         self.spool.close()
 
     def _spawn(self, target: object, name: str) -> None:
@@ -87,11 +93,17 @@ class Node:
         self.tracker.instance_received(series_uid, association)
 
     def _poll_complete_series(self) -> None:
+        """Queue complete series as they appear; every ``outbox_retry_s`` retry undelivered files."""
+        next_retry = time.monotonic() + self.settings.outbox_retry_s
         while not self._stop.wait(POLL_INTERVAL_S):
             for due in self.tracker.claim_due():
                 log.info("series %s run %d: complete, queued", due.series_instance_uid, due.run)
                 self.metrics.series_completed.inc()
                 self.process_series(due.series_instance_uid, due.run)
+            if time.monotonic() >= next_retry:
+                next_retry = time.monotonic() + self.settings.outbox_retry_s
+                if self.outbox.pending():
+                    self.deliver_outbox()
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
         metrics = self.metrics

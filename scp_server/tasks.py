@@ -23,7 +23,7 @@ from n2d_dicom.dicom_denoise import denoise_series, write_instances
 from n2d_dicom.dicom_io import read_dicom_files
 from scp_server.config import NodeSettings, Route, route_for
 from scp_server.metrics import NodeMetrics
-from scp_server.sender import Destination, send_files
+from scp_server.outbox import Outbox
 from scp_server.spool import Spool
 from scp_server.tracker import SeriesTracker
 
@@ -45,9 +45,11 @@ class SeriesProcessor:
         spool: Spool,
         tracker: SeriesTracker,
         metrics: NodeMetrics,
+        outbox: Outbox,
         device: torch.device,
     ) -> None:
         self.settings = settings
+        self.outbox = outbox
         self.spool = spool
         self.tracker = tracker
         self.metrics = metrics
@@ -72,9 +74,14 @@ class SeriesProcessor:
         for skipped in rejected:
             log.warning("series %s: %s not denoised: %s", series_uid, skipped.path.name, skipped.reason)
         for series in found:
-            derived = denoise_series(series, route.n2d, self.settings.derivation, self.device)
+            derived = denoise_series(
+                series, route.n2d, self.settings.derivation, self.device, identity=f"run {run}"
+            )
             folder = self.spool.root / "derived" / derived.series_uid
             paths = write_instances(derived.datasets, folder)
+            items = [(str(ds.SOPInstanceUID), path) for ds, path in zip(derived.datasets, paths)]
+            for destination in route.destinations:
+                self.outbox.add(items, destination)
             log.info(
                 "series %s run %d (%s): %d instances -> derived %s in %.1f s",
                 series_uid,
@@ -84,35 +91,34 @@ class SeriesProcessor:
                 derived.series_uid,
                 derived.seconds,
             )
-            for destination in route.destinations:
-                self._send(paths, destination, derived.series_uid)
+        self.deliver_outbox()
 
-    def _send(self, paths: list[Path], destination: Destination, derived_uid: str) -> None:
-        results = send_files(
-            paths,
-            destination,
-            self.settings.ae_title,
-            attempts=self.settings.send_attempts,
-            backoff_s=self.settings.send_backoff_s,
+    def deliver_outbox(self) -> None:
+        """Send everything pending (this job's instances, and any left by earlier ones)."""
+        results = self.outbox.deliver(
+            self.settings.ae_title, self.settings.send_attempts, self.settings.send_backoff_s
         )
         failed = [r for r in results if not r.delivered]
         self.metrics.send_failures.inc(len(failed))
         for result in failed:
             log.error(
-                "derived %s: %s not delivered to %s (status %s, %s)",
-                derived_uid,
+                "%s not delivered (status %s, %s): %s",
                 result.sop_instance_uid,
-                destination.ae_title,
                 "none" if result.status is None else f"0x{result.status:04X}",
                 result.error,
+                "refused, kept in the outbox as refused" if result.refused else "kept for a later try",
             )
 
 
-def register(queue: SqliteHuey, processor: SeriesProcessor) -> TaskWrapper:
-    """The ``process_series`` task on ``queue``, running ``processor``."""
+def register(queue: SqliteHuey, processor: SeriesProcessor) -> tuple[TaskWrapper, TaskWrapper]:
+    """The ``process_series`` and ``deliver_outbox`` tasks on ``queue``, running ``processor``."""
 
     @queue.task(name="process_series")
     def process_series(series_uid: str, run: int) -> None:
         processor(series_uid, run)
 
-    return process_series
+    @queue.task(name="deliver_outbox")
+    def deliver_outbox() -> None:
+        processor.deliver_outbox()
+
+    return process_series, deliver_outbox

@@ -50,14 +50,11 @@ def pacs():
     server.shutdown()
 
 
-@pytest.fixture
-def node(tmp_path, pacs):
-    pacs_port, _ = pacs
-    port, http_port = free_port(), free_port()
+def write_config(tmp_path: Path, pacs_port: int, **n2d: object) -> tuple[Path, dict]:
     config = {
         "ae_title": "N2D",
-        "port": port,
-        "http_port": http_port,
+        "port": free_port(),
+        "http_port": free_port(),
         "allowed_calling_aets": ["STORESCU"],
         "spool_dir": str(tmp_path / "spool"),
         "quiet_period_s": 0.5,
@@ -67,25 +64,73 @@ def node(tmp_path, pacs):
             {
                 "name": "ct",
                 "match": {"modalities": ["CT"]},
-                "n2d": {"iterations": 3, "channels": 8, "mode": "per-series"},
+                "n2d": {"iterations": 3, "channels": 8, "mode": "per-series", **n2d},
                 "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}],
             }
         ],
     }
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def start_node(config_path: Path, port: int) -> subprocess.Popen:
     process = subprocess.Popen(
-        [str(N2D), "serve", "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(N2D), "serve", "--config", str(config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    wait_for_port(port, process)
+    return process
+
+
+def stop_node(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGINT)
     try:
-        wait_for_port(port, process)
-        yield port, http_port, process
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def send_series(port: int, folder: Path) -> None:
+    sent = subprocess.run(
+        [
+            dcmtk("storescu"),
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "N2D",
+            "127.0.0.1",
+            str(port),
+            *map(str, folder.iterdir()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+
+
+def wait_until(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        assert process.poll() is None, "the node exited"
+        time.sleep(0.1)
+    assert condition()
+
+
+def metrics(http_port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
+
+
+@pytest.fixture
+def node(tmp_path, pacs):
+    path, config = write_config(tmp_path, pacs[0])
+    process = start_node(path, config["port"])
+    yield config["port"], config["http_port"], process
+    stop_node(process)
 
 
 def test_a_series_sent_with_storescu_comes_back_as_a_derived_series(node, pacs, tmp_path):
@@ -127,6 +172,32 @@ def test_a_series_sent_with_storescu_comes_back_as_a_derived_series(node, pacs, 
 
     health = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5).read()
     assert health == b"ok\n"
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
-    assert "n2d_instances_received_total 4.0" in metrics
-    assert "n2d_series_completed_total 1.0" in metrics
+    figures = metrics(http_port)
+    assert "n2d_instances_received_total 4.0" in figures
+    assert "n2d_series_completed_total 1.0" in figures
+
+
+def test_killed_mid_job_the_restarted_node_delivers_the_series_exactly_once(tmp_path, pacs):
+    pacs_port, received = pacs
+    path, config = write_config(tmp_path, pacs_port, iterations=150)  # a job of several seconds
+    folder = tmp_path / "modality"
+    folder.mkdir()
+    sources = write_ct_series(folder, [0.0, 2.5, 5.0, 7.5])
+    process = start_node(path, config["port"])
+    try:
+        send_series(config["port"], folder)
+        wait_until(lambda: "n2d_series_completed_total 1.0" in metrics(config["http_port"]), process)
+        time.sleep(1)  # the worker is denoising now
+        process.kill()  # kill -9: no chance to clean up
+        process.wait()
+        assert received == []
+        process = start_node(path, config["port"])
+        wait_until(lambda: len(received) >= 4, process, timeout=180)
+        time.sleep(2)  # anything sent twice would arrive now
+    finally:
+        stop_node(process)
+    assert len(received) == 4
+    assert len({ds.SOPInstanceUID for ds in received}) == 4
+    assert {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in received} == {
+        pydicom.dcmread(p).SOPInstanceUID for p in sources
+    }
