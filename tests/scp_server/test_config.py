@@ -35,6 +35,28 @@ def test_bad_configuration_names_the_file_and_the_problem(tmp_path, text, messag
     assert str(path) in str(info.value)
 
 
-def test_example_config_loads():
-    settings = load_settings(Path(__file__).resolve().parents[2] / "config" / "node.yaml")
-    assert settings.ae_title == "N2D" and settings.allowed_calling_aets == ["STORESCU"]
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+def test_example_configs_load():
+    local = load_settings(CONFIG_DIR / "node.yaml")
+    assert local.ae_title == "N2D" and local.allowed_calling_aets == ["STORESCU"]
+    assert local.routes[0].destinations[0].port == 11113
+    site = load_settings(CONFIG_DIR / "site-pacs.yaml")
+    assert [route.name for route in site.routes] == ["low-dose-ct", "ct-mr"]
+    assert site.routes[0].n2d.mode == "per-slice"
+
+
+def test_routes_pick_the_first_match():
+    import pydicom
+
+    from scp_server.config import route_for
+
+    site = load_settings(CONFIG_DIR / "site-pacs.yaml")
+    header = pydicom.Dataset()
+    header.Modality, header.SeriesDescription = "CT", "Chest LOW DOSE 1.0"
+    assert route_for(site, header, "CT01").name == "low-dose-ct"
+    header.SeriesDescription = "Abdomen"
+    assert route_for(site, header, "CT01").name == "ct-mr"
+    header.Modality = "US"
+    assert route_for(site, header, "CT01") is None
