@@ -9,12 +9,12 @@ What is still pending after a job is retried later by :meth:`Outbox.deliver`.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from scp_server.sender import Destination, SendResult, send_files
+from scp_server.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -36,10 +36,7 @@ class Outbox:
 
     def __init__(self, database: Path) -> None:
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(database, SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from n2d_dicom.atomic import atomic_path
+from scp_server.sqlite import open_database
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,7 @@ class Spool:
         for folder in (self.instances_dir, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(root / "index.sqlite3", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(root / "index.sqlite3", SCHEMA)
 
     def close(self) -> None:
         """Close the index (the files need no closing)."""

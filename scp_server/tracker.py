@@ -14,12 +14,13 @@ as a whole, never patched into a run that is already being processed.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from scp_server.sqlite import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -55,10 +56,7 @@ class SeriesTracker:
         self.max_wait_s = max_wait_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(database, SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -139,28 +139,8 @@ def test_a_series_sent_with_storescu_comes_back_as_a_derived_series(node, pacs, 
     folder = tmp_path / "modality"
     folder.mkdir()
     sources = [pydicom.dcmread(p) for p in write_ct_series(folder, [0.0, 2.5, 5.0, 7.5])]
-    sent = subprocess.run(
-        [
-            dcmtk("storescu"),
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "N2D",
-            "127.0.0.1",
-            str(port),
-            *map(str, folder.iterdir()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert sent.returncode == 0, sent.stderr
-
-    deadline = time.monotonic() + 120
-    while len(received) < 4 and time.monotonic() < deadline:
-        assert process.poll() is None
-        time.sleep(0.25)
-    assert len(received) == 4
+    send_series(port, folder)
+    wait_until(lambda: len(received) == 4, process)
 
     assert {ds.StudyInstanceUID for ds in received} == {sources[0].StudyInstanceUID}
     assert len({ds.SeriesInstanceUID for ds in received}) == 1
