@@ -33,6 +33,8 @@ ModeOption = Annotated[Mode, typer.Option(help="per-slice (paper quality) or per
 IterationsOption = Annotated[int, typer.Option(help="Adam steps for each of the two networks.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option(help="Random seed; same seed and device, same result.")]
+SliceBatchOption = Annotated[int, typer.Option(help="Slices processed together (bounds memory).")]
+ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar on stderr.")]
 
 
 def fail(message: str) -> NoReturn:
@@ -65,8 +67,8 @@ def denoise(
     ] = None,
     pipeline: Annotated[Pipeline, typer.Option(help="n2d (all stages) or stage1 (ZS-N2N).")] = "n2d",
     precision: Annotated[Precision, typer.Option(help="fp32, tf32 or bf16 (GPU).")] = "fp32",
-    slice_batch: Annotated[int, typer.Option(help="Slices processed together (bounds memory).")] = 8,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    slice_batch: SliceBatchOption = 8,
+    progress: ProgressOption = True,
 ) -> None:
     """Denoise a NIfTI volume slice by slice, keeping its header, affine, dtype and scaling."""
     settings = guarded(
@@ -105,14 +107,14 @@ def denoise_dicom(
     iterations: IterationsOption = 2000,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
-    slice_batch: Annotated[int, typer.Option(help="Slices processed together (bounds memory).")] = 8,
+    slice_batch: SliceBatchOption = 8,
     uid_root: Annotated[str | None, typer.Option(help="Root for new UIDs, ending in '.'.")] = None,
     series_number_offset: Annotated[int, typer.Option(help="Added to the source Series Number.")] = 1000,
     description_suffix: Annotated[str, typer.Option(help="Appended to the Series Description.")] = " [N2D]",
     transfer_syntax: Annotated[
         TransferSyntax, typer.Option(help="Transfer syntax of the written files.")
     ] = "explicit-little",
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Denoise DICOM series into new derived series (same study, full provenance), one folder each.
 
