@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,28 @@ from scp_server.sender import Destination
 
 #: An AE title: 1-16 characters of the default repertoire, no backslash (and not all spaces).
 AE_TITLE = r"^[ -\[\]-~]{1,16}$"
+
+
+class TLSSettings(BaseModel):
+    """TLS for incoming associations (DICOM over TLS, e.g. on port 2762)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    certificate: Path = Field(description="PEM certificate (chain) the node presents.")
+    private_key: Path = Field(description="PEM private key of that certificate.")
+    client_ca: Path | None = Field(
+        None, description="PEM CA bundle; when set, peers must present a certificate it signed."
+    )
+
+    def server_context(self) -> ssl.SSLContext:
+        """The SSL context the SCP listens with (TLS 1.2 or newer)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.certificate, self.private_key)
+        if self.client_ca is not None:
+            context.load_verify_locations(self.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
 
 class RouteMatch(BaseModel):
@@ -70,6 +93,7 @@ class NodeSettings(BaseSettings):
         description="Calling AE titles allowed to associate; everyone else is rejected. Empty: nobody.",
     )
     spool_dir: Path = Field(Path("spool"), description="Where received instances and the index are kept.")
+    tls: TLSSettings | None = Field(None, description="Listen with TLS; None: plain TCP.")
     max_associations: int = Field(10, ge=1, le=1000, description="Concurrent associations accepted.")
     network_timeout_s: float = Field(60, gt=0, le=3600, description="Drop a silent peer after this long.")
     quiet_period_s: float = Field(

@@ -201,8 +201,17 @@ def start_scp(
         (evt.EVT_REJECTED, _log_association),
     ]
     server = build_ae(settings).start_server(
-        (settings.bind_address, settings.port), block=False, evt_handlers=handlers
+        (settings.bind_address, settings.port),
+        block=False,
+        evt_handlers=handlers,
+        ssl_context=settings.tls.server_context() if settings.tls else None,
     )
     assert server is not None  # block=False always returns the server
-    log.info("listening as %s on %s:%s", settings.ae_title, settings.bind_address, settings.port)
+    log.info(
+        "listening as %s on %s:%s%s",
+        settings.ae_title,
+        settings.bind_address,
+        settings.port,
+        " (TLS)" if settings.tls else "",
+    )
     return server

@@ -184,3 +184,65 @@ def test_peer_aborting_mid_series_leaves_only_whole_instances(node, tmp_path):
 def test_start_refuses_an_empty_list_of_allowed_callers(tmp_path):
     with pytest.raises(ValueError, match="allowed_calling_aets is empty"):
         start_scp(NodeSettings(port=free_port(), spool_dir=tmp_path), Spool(tmp_path))
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1, made with openssl."""
+    key, cert = tmp_path / "node.key", tmp_path / "node.crt"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_node_answers_tls_peers_and_not_plain_ones(tmp_path, certificate):
+    import ssl
+
+    from scp_server.config import TLSSettings
+
+    cert, key = certificate
+    settings = NodeSettings(
+        port=free_port(),
+        allowed_calling_aets=[CALLER],
+        spool_dir=tmp_path / "spool",
+        tls=TLSSettings(certificate=cert, private_key=key),
+        network_timeout_s=5,
+    )
+    spool = Spool(settings.spool_dir)
+    server = start_scp(settings, spool)
+    try:
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ae = AE(ae_title=CALLER)
+        ae.acse_timeout = ae.network_timeout = 5
+        ae.add_requested_context(Verification)
+        secure = ae.associate(
+            "127.0.0.1", settings.port, ae_title=settings.ae_title, tls_args=(client, "127.0.0.1")
+        )
+        assert secure.is_established
+        assert secure.send_c_echo().Status == 0x0000
+        secure.release()
+        plain = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
+        assert not plain.is_established
+    finally:
+        server.shutdown()
+        spool.close()
