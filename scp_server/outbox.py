@@ -9,6 +9,7 @@ What is still pending after a job is retried later by :meth:`Outbox.deliver`.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from pathlib import Path
@@ -62,7 +63,11 @@ class Outbox:
         return by_destination
 
     def record(self, results: list[SendResult], destination: Destination) -> None:
-        """Store the outcome of a send: delivered, refused (final), or still pending."""
+        """Store the outcome of a send: delivered, refused (final), or still pending.
+
+        Called per instance as answers arrive: after a crash at most the instance in
+        flight is sent again (with the same SOP Instance UID).
+        """
         now = time.time()
         key = destination.model_dump_json()
         with self._lock:
@@ -74,18 +79,22 @@ class Outbox:
                     (state, result.status, result.error, now, result.sop_instance_uid, key),
                 )
 
-    def counts(self) -> dict[str, int]:
-        """How many rows are in each state."""
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
-        return {str(state): int(count) for state, count in rows}
+    def record_one(self, destination: Destination, result: SendResult) -> None:
+        """:meth:`record` for one answer, as it arrives."""
+        self.record([result], destination)
 
     def deliver(self, calling_ae: str, attempts: int, backoff_s: float) -> list[SendResult]:
         """Try every pending file once more (with ``attempts`` associations per destination)."""
         results: list[SendResult] = []
         for destination, paths in self.pending().items():
             present = [p for p in paths if p.is_file()]
-            sent = send_files(present, destination, calling_ae, attempts=attempts, backoff_s=backoff_s)
-            self.record(sent, destination)
+            sent = send_files(
+                present,
+                destination,
+                calling_ae,
+                attempts=attempts,
+                backoff_s=backoff_s,
+                on_result=functools.partial(self.record_one, destination),
+            )
             results.extend(sent)
         return results

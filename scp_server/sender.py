@@ -87,8 +87,13 @@ def send_files(
     backoff_s: float = 2.0,
     timeout_s: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
+    on_result: Callable[[SendResult], None] | None = None,
 ) -> list[SendResult]:
-    """Send ``paths`` to ``destination``; retry what was not answered, with exponential backoff."""
+    """Send ``paths`` to ``destination``; retry what was not answered, with exponential backoff.
+
+    ``on_result`` hears each instance's answer as soon as it comes, so that a
+    caller can record it durably before the next one is sent.
+    """
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     headers = _requested_contexts(ae, paths)
@@ -110,6 +115,8 @@ def send_files(
         for path in pending:
             result = _send_one(assoc, path, str(headers[path].SOPInstanceUID))
             results[path] = result
+            if on_result is not None:
+                on_result(result)
             if not (result.delivered or result.refused):
                 still_pending.append(path)
         if assoc.is_established:

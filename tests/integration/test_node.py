@@ -34,12 +34,17 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> 
 
 
 @pytest.fixture
-def pacs():
-    """A receiving SCP standing in for the PACS; collects the datasets it is sent."""
+def pacs(request):
+    """A receiving SCP standing in for the PACS; collects the datasets it is sent.
+
+    Parametrise with a number of seconds to make it answer each C-STORE that slowly.
+    """
     received: list[pydicom.Dataset] = []
+    delay = getattr(request, "param", 0)
 
     def handle(event):
         received.append(event.dataset)
+        time.sleep(delay)
         return 0x0000
 
     ae = AE(ae_title="PACS")
@@ -181,3 +186,25 @@ def test_killed_mid_job_the_restarted_node_delivers_the_series_exactly_once(tmp_
     assert {ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in received} == {
         pydicom.dcmread(p).SOPInstanceUID for p in sources
     }
+
+
+@pytest.mark.parametrize("pacs", [1.0], indirect=True)
+def test_killed_mid_send_the_restarted_node_completes_delivery_without_duplicates(tmp_path, pacs):
+    pacs_port, received = pacs
+    path, config = write_config(tmp_path, pacs_port)
+    folder = tmp_path / "modality"
+    folder.mkdir()
+    write_ct_series(folder, [0.0, 2.5, 5.0, 7.5])
+    process = start_node(path, config["port"])
+    try:
+        send_series(config["port"], folder)
+        wait_until(lambda: len(received) >= 2, process)  # the PACS answers one instance a second
+        process.kill()
+        process.wait()
+        process = start_node(path, config["port"])
+        wait_until(lambda: len({ds.SOPInstanceUID for ds in received}) == 4, process, timeout=180)
+        time.sleep(2)
+    finally:
+        stop_node(process)
+    assert len({ds.SeriesInstanceUID for ds in received}) == 1  # one derived series, not two
+    assert len(received) <= 5  # at most the instance in flight at the kill arrives twice
