@@ -138,13 +138,23 @@ def node(tmp_path, pacs):
     stop_node(process)
 
 
-def test_a_series_sent_with_storescu_comes_back_as_a_derived_series(node, pacs, tmp_path):
+def send_with_pynetdicom(port: int, folder: Path) -> None:
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="N2D")
+    assert assoc.is_established
+    assert [assoc.send_c_store(path).Status for path in sorted(folder.iterdir())] == [0] * 4
+    assoc.release()
+
+
+@pytest.mark.parametrize("sender", [send_series, send_with_pynetdicom], ids=["dcmtk-storescu", "pynetdicom"])
+def test_a_series_sent_by_a_modality_comes_back_as_a_derived_series(node, pacs, tmp_path, sender):
     port, http_port, process = node
     _, received = pacs
     folder = tmp_path / "modality"
     folder.mkdir()
     sources = [pydicom.dcmread(p) for p in write_ct_series(folder, [0.0, 2.5, 5.0, 7.5])]
-    send_series(port, folder)
+    sender(port, folder)
     wait_until(lambda: len(received) == 4, process)
 
     assert {ds.StudyInstanceUID for ds in received} == {sources[0].StudyInstanceUID}
