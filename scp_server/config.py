@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import ssl
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -78,6 +79,18 @@ class Route(BaseModel):
     destinations: list[Destination] = Field(min_length=1, description="Where derived series are sent.")
 
 
+class QueueSettings(BaseModel):
+    """Where jobs wait for a worker: SQLite in the spool (one machine) or Redis (several workers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="sqlite: embedded, no server; redis: workers on several machines."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="The Redis server (backend redis).")
+    name: str = Field("n2d", min_length=1, description="Queue name; nodes sharing a Redis use their own.")
+
+
 class NodeSettings(BaseSettings):
     """How the node listens, where it keeps what it receives, and what it does with it."""
 
@@ -107,6 +120,22 @@ class NodeSettings(BaseSettings):
     )
     derivation: DerivationSettings = Field(default_factory=DerivationSettings)
     device: str = Field("auto", description="Where the worker denoises: auto, cpu, cuda, cuda:N.")
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    workers: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="Worker threads in `n2d serve`; 0: `n2d worker` processes do the jobs.",
+    )
+    job_lease_s: float = Field(
+        60, gt=0, le=86400, description="A job whose worker stops renewing its lease this long is redone."
+    )
+    retention_hours: float | None = Field(
+        24, ge=0, description="Spool data of a delivered series is deleted after this long; null: kept."
+    )
+    sqlite_journal: Literal["wal", "delete"] = Field(
+        "wal", description="wal: one machine; delete: a spool on a network filesystem shared by machines."
+    )
     send_attempts: int = Field(5, ge=1, le=100, description="Associations tried per destination and run.")
     send_backoff_s: float = Field(
         2, ge=0, le=600, description="First wait between attempts; doubles each time."

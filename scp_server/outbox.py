@@ -5,6 +5,10 @@ SOP Instance UID and destination and added with INSERT OR IGNORE, so a job run
 again after a crash (which writes the same UIDs, see
 :func:`n2d_dicom.derive.new_uid`) never resends what was already delivered.
 What is still pending after a job is retried later by :meth:`Outbox.deliver`.
+
+Several workers may deliver at once, so :meth:`Outbox.deliver` first claims the
+rows it will send (owner and expiry, see :mod:`scp_server.leases`): a row is
+sent by one worker at a time, and a claim left by a dead worker runs out.
 """
 
 from __future__ import annotations
@@ -14,56 +18,87 @@ import threading
 import time
 from pathlib import Path
 
+from scp_server.leases import owner_is_dead
 from scp_server.sender import Destination, SendResult, send_files
-from scp_server.sqlite import open_database
+from scp_server.sqlite import Journal, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     sop_instance_uid TEXT NOT NULL,
     destination TEXT NOT NULL,
     path TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
     status INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     updated_at REAL NOT NULL,
+    owner TEXT,
+    claimed_until REAL,
     PRIMARY KEY (sop_instance_uid, destination)
 );
+CREATE INDEX IF NOT EXISTS outbox_by_series ON outbox (series_instance_uid);
 """
+
+#: A missing derived file cannot be sent by anyone; recorded as refused with this error.
+MISSING = "derived file missing from the spool"
 
 
 class Outbox:
     """What must go where, and what happened when it was tried."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, journal: Journal = "wal") -> None:
         self._lock = threading.Lock()
-        self._db = open_database(database, SCHEMA)
+        self._db = open_database(database, SCHEMA, journal)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def add(self, items: list[tuple[str, Path]], destination: Destination) -> None:
-        """Queue ``(sop_instance_uid, path)`` items for ``destination`` (known items keep their state)."""
-        now = time.time()
+    def add(self, items: list[tuple[str, Path]], destination: Destination, series_instance_uid: str) -> None:
+        """Queue ``(sop_instance_uid, path)`` items derived from a received series for ``destination``.
+
+        Items already known keep their state (a re-run never resends what was delivered).
+        """
+        now, key = time.time(), destination.model_dump_json()
         with self._lock:
             self._db.executemany(
-                "INSERT OR IGNORE INTO outbox (sop_instance_uid, destination, path, updated_at) "
-                "VALUES (?, ?, ?, ?)",
-                [(uid, destination.model_dump_json(), str(path), now) for uid, path in items],
+                "INSERT OR IGNORE INTO outbox (sop_instance_uid, destination, path, series_instance_uid, "
+                "updated_at) VALUES (?, ?, ?, ?, ?)",
+                [(uid, key, str(path), series_instance_uid, now) for uid, path in items],
             )
 
-    def pending(self) -> dict[Destination, list[Path]]:
-        """Undelivered files, by destination."""
+    def pending_count(self) -> int:
+        """Rows not yet delivered or refused."""
         with self._lock:
-            rows = self._db.execute("SELECT destination, path FROM outbox WHERE state = 'pending'").fetchall()
-        by_destination: dict[Destination, list[Path]] = {}
-        for destination, path in rows:
-            by_destination.setdefault(Destination.model_validate_json(destination), []).append(Path(path))
+            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()
+        return int(count)
+
+    def claim(self, owner: str, claim_s: float) -> dict[Destination, list[Path]]:
+        """Pending rows nobody else is sending, now claimed by ``owner`` for ``claim_s``; by destination."""
+        now = time.time()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_instance_uid, destination, path, owner, claimed_until FROM outbox "
+                "WHERE state = 'pending'"
+            ).fetchall()
+            by_destination: dict[Destination, list[Path]] = {}
+            for uid, destination, path, holder, until in rows:
+                if holder is not None and until >= now and not owner_is_dead(holder):
+                    continue
+                cursor = self._db.execute(
+                    "UPDATE outbox SET owner = ?, claimed_until = ? WHERE sop_instance_uid = ? "
+                    "AND destination = ? AND state = 'pending' AND owner IS ?",
+                    (owner, now + claim_s, uid, destination, holder),
+                )
+                if cursor.rowcount == 1:
+                    by_destination.setdefault(Destination.model_validate_json(destination), []).append(
+                        Path(path)
+                    )
         return by_destination
 
     def record(self, results: list[SendResult], destination: Destination) -> None:
-        """Store the outcome of a send: delivered, refused (final), or still pending.
+        """Store the outcome of a send (delivered, refused, or still pending) and release the claim.
 
         Called per instance as answers arrive: after a crash at most the instance in
         flight is sent again (with the same SOP Instance UID).
@@ -75,7 +110,8 @@ class Outbox:
                 state = "delivered" if result.delivered else "refused" if result.refused else "pending"
                 self._db.execute(
                     "UPDATE outbox SET state = ?, status = ?, attempts = attempts + 1, last_error = ?, "
-                    "updated_at = ? WHERE sop_instance_uid = ? AND destination = ?",
+                    "updated_at = ?, owner = NULL, claimed_until = NULL "
+                    "WHERE sop_instance_uid = ? AND destination = ?",
                     (state, result.status, result.error, now, result.sop_instance_uid, key),
                 )
 
@@ -83,18 +119,110 @@ class Outbox:
         """:meth:`record` for one answer, as it arrives."""
         self.record([result], destination)
 
-    def deliver(self, calling_ae: str, attempts: int, backoff_s: float) -> list[SendResult]:
-        """Try every pending file once more (with ``attempts`` associations per destination)."""
+    def deliver(
+        self, calling_ae: str, attempts: int, backoff_s: float, owner: str, claim_s: float
+    ) -> list[SendResult]:
+        """Claim every pending file nobody is sending and try it once more, ``attempts`` associations each."""
         results: list[SendResult] = []
-        for destination, paths in self.pending().items():
+        for destination, paths in self.claim(owner, claim_s).items():
             present = [p for p in paths if p.is_file()]
-            sent = send_files(
-                present,
-                destination,
-                calling_ae,
-                attempts=attempts,
-                backoff_s=backoff_s,
-                on_result=functools.partial(self.record_one, destination),
-            )
-            results.extend(sent)
+            missing = [SendResult(p, _uid_of(p), None, MISSING) for p in paths if not p.is_file()]
+            self._refuse_missing(missing, destination)
+            results.extend(missing)
+            if present:
+                results.extend(
+                    send_files(
+                        present,
+                        destination,
+                        calling_ae,
+                        attempts=attempts,
+                        backoff_s=backoff_s,
+                        on_result=functools.partial(self.record_one, destination),
+                    )
+                )
+        self._release(owner)
         return results
+
+    def _refuse_missing(self, missing: list[SendResult], destination: Destination) -> None:
+        with self._lock:
+            for result in missing:
+                self._db.execute(
+                    "UPDATE outbox SET state = 'refused', last_error = ?, owner = NULL, claimed_until = NULL "
+                    "WHERE path = ? AND destination = ?",
+                    (MISSING, str(result.path), destination.model_dump_json()),
+                )
+
+    def _release(self, owner: str) -> None:
+        """Drop ``owner``'s claims on rows it did not get an answer for (they stay pending)."""
+        with self._lock:
+            self._db.execute("UPDATE outbox SET owner = NULL, claimed_until = NULL WHERE owner = ?", (owner,))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per destination AE title and state."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT destination, state, COUNT(*) FROM outbox GROUP BY destination, state"
+            ).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for destination, state, count in rows:
+            counts.setdefault(_describe(destination), {})[str(state)] = int(count)
+        return counts
+
+    def errors(self, limit: int = 10) -> list[tuple[str, str, float, str]]:
+        """``(sop_instance_uid, destination, when, error)`` of rows that failed, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_instance_uid, destination, updated_at, "
+                "COALESCE(last_error, printf('status 0x%04X', status)) FROM outbox "
+                "WHERE state != 'delivered' AND (last_error IS NOT NULL OR status IS NOT NULL) "
+                "ORDER BY updated_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(str(uid), _describe(dest), float(when), str(error)) for uid, dest, when, error in rows]
+
+    def retry_refused(self, series_instance_uid: str | None = None) -> int:
+        """Refused rows (all, or one source series') pending again, e.g. after the destination was fixed."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, updated_at = ? WHERE state = 'refused' "
+                "AND (? IS NULL OR series_instance_uid = ?)",
+                (time.time(), series_instance_uid, series_instance_uid),
+            )
+        return cursor.rowcount
+
+    def settled(self, series_instance_uid: str) -> bool:
+        """Whether every derived instance of a received series was delivered (or it has none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM outbox WHERE series_instance_uid = ? AND state != 'delivered' LIMIT 1",
+                (series_instance_uid,),
+            ).fetchone()
+        return row is None
+
+    def forget(
+        self,
+        series_instance_uid: str | None = None,
+        state: str | None = None,
+        updated_before: float | None = None,
+    ) -> list[Path]:
+        """Delete rows (of a source series, in a state, untouched since a time); returns their files."""
+        where = (
+            "(? IS NULL OR series_instance_uid = ?) AND (? IS NULL OR state = ?) "
+            "AND (? IS NULL OR updated_at < ?)"
+        )
+        params = (series_instance_uid, series_instance_uid, state, state, updated_before, updated_before)
+        with self._lock:
+            rows = self._db.execute(f"SELECT DISTINCT path FROM outbox WHERE {where}", params).fetchall()
+            self._db.execute(f"DELETE FROM outbox WHERE {where}", params)
+        return [Path(path) for (path,) in rows]
+
+
+def _describe(destination_json: str) -> str:
+    """``AE@host:port`` of a stored destination."""
+    destination = Destination.model_validate_json(destination_json)
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def _uid_of(path: Path) -> str:
+    """The SOP Instance UID a derived file is named after (``<uid>.dcm``)."""
+    return path.stem

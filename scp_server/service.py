@@ -2,13 +2,16 @@
 
 Start-up order matters for "nothing acknowledged is lost": the spool first
 indexes any file a crash left unindexed, the queue is emptied and every series
-the tracker holds as queued-but-unfinished is queued again (the tracker, not the
-queue, is the source of truth), and only then does the SCP accept associations.
+the tracker holds as queued is queued again (the tracker, not the queue, is the
+source of truth; a job queued twice runs once), and only then does the SCP
+accept associations. Runs whose worker died are found by the poller (expired
+lease, or a dead process of this host) and queued again.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,53 +21,49 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from n2d_dicom.devices import resolve_device
 from scp_server.config import NodeSettings
 from scp_server.metrics import NodeMetrics
-from scp_server.outbox import Outbox
+from scp_server.operations import NodeStatus, apply_retention, node_status
 from scp_server.scp import start_scp
-from scp_server.spool import Spool
-from scp_server.tasks import SeriesProcessor, make_queue, register
-from scp_server.tracker import SeriesTracker
+from scp_server.stores import Stores
+from scp_server.tasks import Jobs, SeriesProcessor, make_queue
 
 log = logging.getLogger(__name__)
 
-#: How often complete series are looked for, in seconds.
+#: How often complete series and abandoned jobs are looked for, in seconds.
 POLL_INTERVAL_S = 0.5
+#: How often spool data past its retention is looked for, in seconds.
+RETENTION_SWEEP_S = 300.0
 
 
 class Node:
-    """One node: SCP, spool, tracker, queue producer and HTTP endpoints (the worker runs beside it)."""
+    """One node: SCP, stores, queue producer and HTTP endpoints (workers run beside it or elsewhere)."""
 
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
-        self.spool = Spool(settings.spool_dir)
-        self.tracker = SeriesTracker(
-            settings.spool_dir / "series.sqlite3", settings.quiet_period_s, settings.max_wait_s
-        )
-        self.metrics = NodeMetrics()
-        self.queue = make_queue(settings)
-        self.metrics.queue_depth.set_function(lambda: float(self.queue.pending_count()))
-        self.outbox = Outbox(settings.spool_dir / "outbox.sqlite3")
-        processor = SeriesProcessor(
-            settings, self.spool, self.tracker, self.metrics, self.outbox, resolve_device(settings.device)
-        )
-        self.process_series, self.deliver_outbox = register(self.queue, processor)
+        self.stores = Stores.open(settings)
+        self.jobs = Jobs(make_queue(settings))
+        self.metrics = NodeMetrics(self.status)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._servers: list[object] = []
 
+    def status(self) -> NodeStatus:
+        return node_status(self.stores, self.jobs.queue)
+
     def start(self) -> None:
         """Recover, re-queue unfinished work, then listen."""
-        recovered = self.spool.recover()
+        recovered = self.stores.spool.recover()
         if recovered:
             log.warning("spool: %d stored but unindexed instance(s) recovered", recovered)
-        self.queue.flush()
-        for due in self.tracker.queued():
+        for due in self.stores.tracker.queued():  # a copy still in the queue is skipped by the worker
             log.info("series %s run %d: queued again after restart", due.series_instance_uid, due.run)
-            self.process_series(due.series_instance_uid, due.run)
-        if self.outbox.pending():
-            self.deliver_outbox()
-        scp = start_scp(self.settings, self.spool, self._stored, self.tracker.association_released)
+            self.jobs.process_series(due.series_instance_uid, due.run)
+        if self.stores.outbox.pending_count():
+            self.jobs.deliver_outbox()
+        scp = start_scp(
+            self.settings, self.stores.spool, self._stored, self.stores.tracker.association_released
+        )
         self._servers.append(scp)
-        self._spawn(self._poll_complete_series, "series-poller")
+        self._spawn(self._poll, "series-poller")
         if self.settings.http_port:
             http = ThreadingHTTPServer(
                 (self.settings.bind_address, self.settings.http_port), self._http_handler()
@@ -79,9 +78,7 @@ class Node:
             server.shutdown()  # type: ignore[attr-defined]
         for thread in self._threads:
             thread.join(timeout=10)
-        self.tracker.close()
-        self.outbox.close()
-        self.spool.close()
+        self.stores.close()
 
     def _spawn(self, target: object, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
@@ -90,23 +87,35 @@ class Node:
 
     def _stored(self, series_uid: str, association: str) -> None:
         self.metrics.instances_received.inc()
-        self.tracker.instance_received(series_uid, association)
+        self.stores.tracker.instance_received(series_uid, association)
 
-    def _poll_complete_series(self) -> None:
-        """Queue complete series as they appear; every ``outbox_retry_s`` retry undelivered files."""
+    def _poll(self) -> None:
+        """Queue complete series and abandoned runs as they appear; retry the outbox; apply retention."""
+        tracker = self.stores.tracker
         next_retry = time.monotonic() + self.settings.outbox_retry_s
+        next_sweep = time.monotonic()
         while not self._stop.wait(POLL_INTERVAL_S):
-            for due in self.tracker.claim_due():
+            for due in tracker.claim_due():
                 log.info("series %s run %d: complete, queued", due.series_instance_uid, due.run)
                 self.metrics.series_completed.inc()
-                self.process_series(due.series_instance_uid, due.run)
+                self.jobs.process_series(due.series_instance_uid, due.run)
+            for due in tracker.reclaim():
+                log.warning(
+                    "series %s run %d: its worker is gone, queued again", due.series_instance_uid, due.run
+                )
+                self.jobs.process_series(due.series_instance_uid, due.run)
             if time.monotonic() >= next_retry:
                 next_retry = time.monotonic() + self.settings.outbox_retry_s
-                if self.outbox.pending():
-                    self.deliver_outbox()
+                if self.stores.outbox.pending_count():
+                    self.jobs.deliver_outbox()
+            if self.settings.retention_hours is not None and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + RETENTION_SWEEP_S
+                purged = apply_retention(self.stores, self.settings.retention_hours * 3600)
+                if purged:
+                    log.info("retention: spool data of %d delivered series deleted", purged)
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
-        metrics = self.metrics
+        metrics, status = self.metrics, self.status
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the http.server API)
@@ -114,6 +123,8 @@ class Node:
                     body, content_type = b"ok\n", "text/plain"
                 elif self.path == "/metrics":
                     body, content_type = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+                elif self.path == "/status":
+                    body, content_type = status().model_dump_json(indent=2).encode(), "application/json"
                 else:
                     self.send_error(404)
                     return
@@ -129,13 +140,49 @@ class Node:
         return Handler
 
 
+def attach_worker(settings: NodeSettings, stores: Stores, jobs: Jobs) -> None:
+    """Make this process run the jobs it takes from the queue, on the configured device."""
+    jobs.processor = SeriesProcessor(settings, stores, resolve_device(settings.device))
+
+
 def serve(settings: NodeSettings) -> None:
-    """Run the node and its worker until SIGINT (finish the job in hand) or SIGTERM."""
+    """Run the node, and ``settings.workers`` worker threads, until SIGINT or SIGTERM.
+
+    With workers, huey handles the signals (SIGINT lets the jobs in hand finish);
+    with none, the node only receives, and ``n2d worker`` processes do the jobs.
+    """
     node = Node(settings)
     node.start()
-    consumer = node.queue.create_consumer(workers=1, worker_type="thread", periodic=False)
     try:
-        consumer.run()  # blocks; huey handles the signals and stops its worker
+        if settings.workers:
+            attach_worker(settings, node.stores, node.jobs)
+            node.jobs.queue.create_consumer(
+                workers=settings.workers, worker_type="thread", periodic=False
+            ).run()
+        else:
+            wait_for_signal()
     finally:
         node.stop()
         log.info("node stopped")
+
+
+def work(settings: NodeSettings) -> None:
+    """Run ``settings.workers`` (at least one) worker threads on the queue until SIGINT or SIGTERM."""
+    stores = Stores.open(settings)
+    jobs = Jobs(make_queue(settings))
+    attach_worker(settings, stores, jobs)
+    try:
+        jobs.queue.create_consumer(
+            workers=max(1, settings.workers), worker_type="thread", periodic=False
+        ).run()
+    finally:
+        stores.close()
+        log.info("worker stopped")
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()

@@ -23,7 +23,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from n2d_dicom.atomic import atomic_path
-from scp_server.sqlite import open_database
+from scp_server.sqlite import Journal, open_database
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,14 @@ class StoredInstance:
 class Spool:
     """Instances under ``root/instances/<series>/<sop>.dcm``; refused ones under ``root/quarantine``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, journal: Journal = "wal") -> None:
         self.root = root
         self.instances_dir = root / "instances"
         self.quarantine_dir = root / "quarantine"
         for folder in (self.instances_dir, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = open_database(root / "index.sqlite3", SCHEMA)
+        self._db = open_database(root / "index.sqlite3", SCHEMA, journal)
 
     def close(self) -> None:
         """Close the index (the files need no closing)."""
@@ -157,6 +157,27 @@ class Spool:
             rows = self._db.execute("SELECT path, reason FROM quarantine ORDER BY id").fetchall()
         return [(self.root / path, reason) for path, reason in rows]
 
+    def remove_series(self, series_instance_uid: str) -> int:
+        """Delete a series' files and index rows (retention); returns how many instances went."""
+        files = self.series_files(series_instance_uid)
+        for path in files:
+            path.unlink(missing_ok=True)
+        with self._lock:
+            self._db.execute("DELETE FROM instances WHERE series_instance_uid = ?", (series_instance_uid,))
+        remove_empty_folder(self.instances_dir / _safe(series_instance_uid))
+        return len(files)
+
+    def purge_quarantine(self, received_before: float) -> int:
+        """Delete quarantined files received before ``received_before`` (epoch s); returns how many."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, path FROM quarantine WHERE received_at < ?", (received_before,)
+            ).fetchall()
+            for row_id, path in rows:
+                (self.root / path).unlink(missing_ok=True)
+                self._db.execute("DELETE FROM quarantine WHERE id = ?", (row_id,))
+        return len(rows)
+
     def recover(self) -> int:
         """Index files a crash left stored but unindexed, drop temporary files; returns files indexed."""
         indexed = 0
@@ -192,6 +213,14 @@ def instance_of(dataset: pydicom.Dataset) -> StoredInstance:
         values["StudyInstanceUID"],
         values["SOPClassUID"],
     )
+
+
+def remove_empty_folder(folder: Path) -> None:
+    """Remove ``folder`` if it exists and is empty (a series' last file went)."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or not empty (a late instance arrived meanwhile)
+        pass
 
 
 def _safe(uid: str) -> str:

@@ -10,6 +10,13 @@ A series moves ``receiving -> queued`` in one conditional UPDATE, so two callers
 can never both claim it. An instance that arrives for a series already queued
 or done starts a new *run* of that series (``run + 1``): it is processed again
 as a whole, never patched into a run that is already being processed.
+
+A worker takes a queued run with :meth:`SeriesTracker.start` (``queued ->
+processing``, again one conditional UPDATE, so a job delivered twice by the
+queue is processed once) and holds it under a lease it renews while it works.
+If the worker dies, the lease runs out and :meth:`SeriesTracker.reclaim`
+queues the run again. A finished run is ``done`` (or ``failed``, with its
+error, until ``n2d retry``), and ``purged`` once its files have gone.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scp_server.sqlite import open_database
+from scp_server.leases import owner_is_dead
+from scp_server.sqlite import Journal, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -29,7 +37,14 @@ CREATE TABLE IF NOT EXISTS series (
     state TEXT NOT NULL,
     first_received REAL NOT NULL,
     last_received REAL NOT NULL,
-    open_associations TEXT NOT NULL DEFAULT ''
+    open_associations TEXT NOT NULL DEFAULT '',
+    queued_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    owner TEXT,
+    lease_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT
 );
 """
 
@@ -42,8 +57,18 @@ class DueSeries:
     run: int
 
 
+@dataclass(frozen=True)
+class RunTimes:
+    """When a finished run was received, queued, started and finished (epoch seconds)."""
+
+    first_received: float
+    queued_at: float
+    started_at: float
+    finished_at: float
+
+
 class SeriesTracker:
-    """Series completion, persisted in ``database`` (an SQLite file)."""
+    """Series completion and job state, persisted in ``database`` (an SQLite file)."""
 
     def __init__(
         self,
@@ -51,12 +76,13 @@ class SeriesTracker:
         quiet_period_s: float,
         max_wait_s: float,
         clock: Callable[[], float] = time.time,
+        journal: Journal = "wal",
     ) -> None:
         self.quiet_period_s = quiet_period_s
         self.max_wait_s = max_wait_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = open_database(database, SCHEMA)
+        self._db = open_database(database, SCHEMA, journal)
 
     def close(self) -> None:
         with self._lock:
@@ -72,7 +98,8 @@ class SeriesTracker:
             ).fetchone()
             if row is None:
                 self._db.execute(
-                    "INSERT INTO series VALUES (?, 1, 'receiving', ?, ?, ?)",
+                    "INSERT INTO series (series_instance_uid, state, first_received, last_received, "
+                    "open_associations) VALUES (?, 'receiving', ?, ?, ?)",
                     (series_instance_uid, now, now, association),
                 )
                 return
@@ -87,7 +114,9 @@ class SeriesTracker:
             else:  # late instance: a new run of the whole series
                 self._db.execute(
                     "UPDATE series SET run = run + 1, state = 'receiving', first_received = ?, "
-                    "last_received = ?, open_associations = ? WHERE series_instance_uid = ?",
+                    "last_received = ?, open_associations = ?, queued_at = NULL, started_at = NULL, "
+                    "finished_at = NULL, owner = NULL, lease_until = NULL, attempts = 0, error = NULL "
+                    "WHERE series_instance_uid = ?",
                     (now, now, association, series_instance_uid),
                 )
 
@@ -114,33 +143,130 @@ class SeriesTracker:
                 "(open_associations = '' AND last_received <= ?) OR first_received <= ?)",
                 (now - self.quiet_period_s, now - self.max_wait_s),
             ).fetchall()
-            claimed = []
-            for uid, run in rows:
-                cursor = self._db.execute(
-                    "UPDATE series SET state = 'queued' WHERE series_instance_uid = ? AND run = ? "
-                    "AND state = 'receiving'",
-                    (uid, run),
-                )
-                if cursor.rowcount == 1:
-                    claimed.append(DueSeries(uid, run))
-        return claimed
+            return self._move(rows, "receiving", now)
 
-    def mark_done(self, series_instance_uid: str, run: int) -> None:
-        """The run was processed; a later instance will start a new run."""
+    def start(self, series_instance_uid: str, run: int, owner: str, lease_s: float) -> bool:
+        """Take a queued run for ``owner``; ``False`` if it is not queued (done, taken, superseded)."""
+        now = self._clock()
         with self._lock:
-            self._db.execute(
-                "UPDATE series SET state = 'done' "
-                "WHERE series_instance_uid = ? AND run = ? AND state = 'queued'",
-                (series_instance_uid, run),
+            cursor = self._db.execute(
+                "UPDATE series SET state = 'processing', owner = ?, lease_until = ?, started_at = ?, "
+                "attempts = attempts + 1 WHERE series_instance_uid = ? AND run = ? AND state = 'queued'",
+                (owner, now + lease_s, now, series_instance_uid, run),
             )
+        return cursor.rowcount == 1
 
-    def queued(self) -> list[DueSeries]:
-        """Series claimed but not finished: what a restart must process again."""
+    def renew(self, series_instance_uid: str, run: int, owner: str, lease_s: float) -> bool:
+        """Extend ``owner``'s lease; ``False`` if the run is no longer theirs."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE series SET lease_until = ? WHERE series_instance_uid = ? AND run = ? "
+                "AND state = 'processing' AND owner = ?",
+                (self._clock() + lease_s, series_instance_uid, run, owner),
+            )
+        return cursor.rowcount == 1
+
+    def finish(self, series_instance_uid: str, run: int, owner: str, error: str | None = None) -> bool:
+        """``owner`` finished the run: ``done``, or ``failed`` with ``error``; ``False`` if not theirs."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE series SET state = ?, finished_at = ?, error = ?, owner = NULL, lease_until = NULL "
+                "WHERE series_instance_uid = ? AND run = ? AND state = 'processing' AND owner = ?",
+                (
+                    "done" if error is None else "failed",
+                    self._clock(),
+                    error,
+                    series_instance_uid,
+                    run,
+                    owner,
+                ),
+            )
+        return cursor.rowcount == 1
+
+    def reclaim(self) -> list[DueSeries]:
+        """Runs whose worker is gone (lease expired, or a dead process of this host): queued again."""
+        now = self._clock()
         with self._lock:
             rows = self._db.execute(
-                "SELECT series_instance_uid, run FROM series WHERE state = 'queued'"
+                "SELECT series_instance_uid, run, owner, lease_until FROM series WHERE state = 'processing'"
             ).fetchall()
-        return [DueSeries(str(uid), int(run)) for uid, run in rows]
+            gone = [(uid, run) for uid, run, owner, until in rows if until < now or owner_is_dead(owner)]
+            return self._move(gone, "processing", now)
+
+    def retry_failed(self, series_instance_uid: str | None = None) -> list[DueSeries]:
+        """Failed runs (all, or one series') queued again, e.g. after the cause was fixed."""
+        now = self._clock()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_instance_uid, run FROM series WHERE state = 'failed' "
+                "AND (? IS NULL OR series_instance_uid = ?)",
+                (series_instance_uid, series_instance_uid),
+            ).fetchall()
+            return self._move(rows, "failed", now)
+
+    def _move(self, rows: list[tuple[str, int]], state: str, now: float) -> list[DueSeries]:
+        """Move ``rows`` from ``state`` to ``queued``; returns those moved (the caller holds the lock)."""
+        moved = []
+        for uid, run in rows:
+            cursor = self._db.execute(
+                "UPDATE series SET state = 'queued', queued_at = ?, owner = NULL, lease_until = NULL "
+                "WHERE series_instance_uid = ? AND run = ? AND state = ?",
+                (now, uid, run, state),
+            )
+            if cursor.rowcount == 1:
+                moved.append(DueSeries(str(uid), int(run)))
+        return moved
+
+    def queued(self) -> list[DueSeries]:
+        """Series claimed but not taken by a worker: what a restarted node queues again."""
+        return [DueSeries(uid, run) for uid, run, *_ in self._select("queued")]
+
+    def in_flight(self) -> list[tuple[str, int, str, float]]:
+        """``(series, run, owner, started_at)`` of every run a worker holds now."""
+        return [(uid, run, owner, started) for uid, run, owner, started, *_ in self._select("processing")]
+
+    def errors(self, limit: int = 10) -> list[tuple[str, int, float, str]]:
+        """``(series, run, finished_at, error)`` of failed runs, newest first."""
+        rows = [(uid, run, finished, error) for uid, run, _, _, finished, error in self._select("failed")]
+        return sorted(rows, key=lambda row: -row[2])[:limit]
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        """Series whose last run was done before ``cutoff`` (epoch seconds)."""
+        return [uid for uid, _, _, _, finished, _ in self._select("done") if finished < cutoff]
+
+    def mark_purged(self, series_instance_uid: str) -> None:
+        """The series' files are gone; the row stays so a late instance still starts a new run."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE series SET state = 'purged' WHERE series_instance_uid = ? AND state = 'done'",
+                (series_instance_uid,),
+            )
+
+    def _select(self, state: str) -> list[tuple[str, int, str, float, float, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_instance_uid, run, owner, started_at, finished_at, error FROM series "
+                "WHERE state = ?",
+                (state,),
+            ).fetchall()
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+    def counts(self) -> dict[str, int]:
+        """How many series are in each state."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall()
+        return {str(state): int(count) for state, count in rows}
+
+    def recent_runs(self, limit: int = 1000) -> list[RunTimes]:
+        """Timings of the latest finished runs, for queue wait and latency figures."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT first_received, queued_at, started_at, finished_at FROM series "
+                "WHERE state IN ('done', 'purged') AND started_at IS NOT NULL "
+                "ORDER BY finished_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [RunTimes(*row) for row in rows]
 
     def state(self, series_instance_uid: str) -> tuple[str, int] | None:
         """``(state, run)`` of a series, or ``None`` if it was never seen."""

@@ -1,3 +1,7 @@
+import os
+import socket
+import subprocess
+
 import pytest
 
 from scp_server.tracker import DueSeries, SeriesTracker
@@ -73,13 +77,13 @@ def test_late_instance_after_processing_starts_a_new_run(tracker, clock):
     tracker.association_released("a")
     clock.now += 11
     (due,) = tracker.claim_due()
-    tracker.mark_done(due.series_instance_uid, due.run)
+    assert tracker.start(due.series_instance_uid, due.run, "w1", 60)
     tracker.instance_received("1.2.3", "b")
     assert tracker.state("1.2.3") == ("receiving", 2)
     tracker.association_released("b")
     clock.now += 11
     assert tracker.claim_due() == [DueSeries("1.2.3", 2)]
-    tracker.mark_done("1.2.3", 1)  # a stale completion of run 1 changes nothing
+    assert not tracker.finish("1.2.3", 1, "w1")  # a stale completion of run 1 changes nothing
     assert tracker.state("1.2.3") == ("queued", 2)
 
 
@@ -92,3 +96,84 @@ def test_state_survives_a_restart(tmp_path, clock):
     second = SeriesTracker(tmp_path / "index.sqlite3", quiet_period_s=10, max_wait_s=600, clock=clock)
     assert second.claim_due() == [DueSeries("1.2.3", 1)]
     second.close()
+
+
+def queued_run(tracker, clock, uid="1.2.3"):
+    tracker.instance_received(uid, "a")
+    tracker.association_released("a")
+    clock.now += 11
+    (due,) = tracker.claim_due()
+    return due
+
+
+def test_a_queued_run_is_taken_by_one_worker_only(tracker, clock):
+    due = queued_run(tracker, clock)
+    assert tracker.start(due.series_instance_uid, due.run, "host:1:a", 60)
+    assert not tracker.start(due.series_instance_uid, due.run, "host:2:b", 60)  # the queue's duplicate
+    assert tracker.state("1.2.3") == ("processing", 1)
+    assert tracker.finish("1.2.3", 1, "host:1:a")
+    assert tracker.state("1.2.3") == ("done", 1)
+    assert not tracker.start("1.2.3", 1, "host:2:b", 60)  # done runs are not redone
+
+
+def test_an_expired_lease_is_reclaimed_and_the_late_owner_cannot_finish(tracker, clock):
+    due = queued_run(tracker, clock)
+    tracker.start(due.series_instance_uid, due.run, "elsewhere:1:a", 30)
+    clock.now += 20
+    assert tracker.renew("1.2.3", 1, "elsewhere:1:a", 30)  # lease now runs to +50
+    clock.now += 29
+    assert tracker.reclaim() == []
+    clock.now += 2
+    assert tracker.reclaim() == [DueSeries("1.2.3", 1)]
+    assert tracker.state("1.2.3") == ("queued", 1)
+    assert not tracker.renew("1.2.3", 1, "elsewhere:1:a", 30)
+    assert tracker.start("1.2.3", 1, "elsewhere:2:b", 30)
+    assert not tracker.finish("1.2.3", 1, "elsewhere:1:a")
+    assert tracker.finish("1.2.3", 1, "elsewhere:2:b")
+
+
+def test_a_run_held_by_a_dead_local_process_is_reclaimed_at_once(tracker, clock):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    due = queued_run(tracker, clock)
+    tracker.start(due.series_instance_uid, due.run, f"{socket.gethostname()}:{dead.pid}:x", 600)
+    assert tracker.reclaim() == [DueSeries("1.2.3", 1)]
+
+
+def test_a_run_held_by_a_live_process_is_not_reclaimed_before_its_lease_ends(tracker, clock):
+    due = queued_run(tracker, clock)
+    tracker.start(due.series_instance_uid, due.run, f"{socket.gethostname()}:{os.getpid()}:x", 600)
+    assert tracker.reclaim() == []
+
+
+def test_failed_runs_keep_their_error_until_retried(tracker, clock):
+    due = queued_run(tracker, clock)
+    tracker.start(due.series_instance_uid, due.run, "w", 60)
+    clock.now += 5
+    tracker.finish("1.2.3", 1, "w", error="N2DInputError: image too small")
+    assert tracker.errors() == [("1.2.3", 1, clock.now, "N2DInputError: image too small")]
+    assert tracker.counts() == {"failed": 1}
+    assert tracker.retry_failed("9.9") == []
+    assert tracker.retry_failed() == [DueSeries("1.2.3", 1)]
+    assert tracker.state("1.2.3") == ("queued", 1)
+
+
+def test_finished_runs_give_their_timings_and_can_be_purged(tracker, clock):
+    due = queued_run(tracker, clock)  # received at 1000, queued at 1011
+    clock.now += 4
+    tracker.start(due.series_instance_uid, due.run, "w", 60)
+    clock.now += 10
+    tracker.finish("1.2.3", 1, "w")
+    (times,) = tracker.recent_runs()
+    assert (times.first_received, times.queued_at, times.started_at, times.finished_at) == (
+        1000,
+        1011,
+        1015,
+        1025,
+    )
+    assert tracker.finished_before(1025) == []
+    assert tracker.finished_before(1026) == ["1.2.3"]
+    tracker.mark_purged("1.2.3")
+    assert tracker.state("1.2.3") == ("purged", 1)
+    tracker.instance_received("1.2.3", "late")
+    assert tracker.state("1.2.3") == ("receiving", 2)
