@@ -53,7 +53,7 @@ def local_settings(work: Path) -> dict:
         HttpPort=ORTHANC_HTTP,
         DicomPort=ORTHANC_DICOM,
         RemoteAccessAllowed=False,
-        StableAge=1,
+        StableAge=2,  # short, yet longer than any gap within one quick C-STORE association
         LuaScripts=[str(ORTHANC_DIR / "autoroute.lua")],
         DicomModalities={"n2d": [node_ae, "127.0.0.1", node_port]},
     )
