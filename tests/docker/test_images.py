@@ -142,4 +142,7 @@ def test_install_script_installs_a_node_whose_healthcheck_tells_up_from_down(tmp
         assert result.returncode == 0, result.stdout + result.stderr
     finally:
         node.terminate()
-        node.wait(timeout=30)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
