@@ -120,6 +120,12 @@ class NodeSettings(BaseSettings):
     )
     derivation: DerivationSettings = Field(default_factory=DerivationSettings)
     device: str = Field("auto", description="Where the worker denoises: auto, cpu, cuda, cuda:N.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU threads per worker process; null: one per core. Workers sharing a machine split it.",
+    )
     queue: QueueSettings = Field(default_factory=QueueSettings)
     workers: int = Field(
         1,

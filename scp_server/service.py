@@ -16,6 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from n2d_dicom.devices import resolve_device
@@ -141,7 +142,13 @@ class Node:
 
 
 def attach_worker(settings: NodeSettings, stores: Stores, jobs: Jobs) -> None:
-    """Make this process run the jobs it takes from the queue, on the configured device."""
+    """Make this process run the jobs it takes from the queue, on the configured device and threads.
+
+    Two processes that each spin up a thread per core on the same cores slow each
+    other down many times over, so workers sharing a machine set ``threads``.
+    """
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     jobs.processor = SeriesProcessor(settings, stores, resolve_device(settings.device))
 
 
