@@ -308,6 +308,52 @@ def purge(
     typer.echo(f"{files} quarantined instance(s) and {rows} refused delivery(ies) deleted")
 
 
+@app.command()
+def load(
+    host: Annotated[str, typer.Option(help="The node's address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The node's DICOM port.")] = 11112,
+    called_ae: Annotated[str, typer.Option(help="The node's AE title.")] = "N2D",
+    calling_ae: Annotated[
+        str, typer.Option(help="AE title of the modalities (allowed by the node).")
+    ] = "STORESCU",
+    series: Annotated[int, typer.Option(min=1, help="Series to send.")] = 20,
+    scus: Annotated[int, typer.Option(min=1, help="Modalities sending at once.")] = 4,
+    slices: Annotated[int, typer.Option(min=1, help="Instances per series.")] = 8,
+    side: Annotated[int, typer.Option(min=8, help="Rows and columns of each image.")] = 128,
+    receive_ae: Annotated[str, typer.Option(help="AE title of the stand-in PACS.")] = "VIEWER",
+    receive_port: Annotated[int, typer.Option(help="Port of the stand-in PACS (127.0.0.1).")] = 11113,
+    status_url: Annotated[
+        str | None, typer.Option(help="The node's /status, for queue wait; empty: skip.")
+    ] = "http://127.0.0.1:8080/status",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every derived series.")] = 1800,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a summary.")] = False,
+) -> None:
+    """Load a running node with N synthetic CT series from M modalities at once; print throughput."""
+    from scp_server.load import LoadPlan, describe, run_load
+
+    plan = LoadPlan(
+        host=host,
+        port=port,
+        called_ae=called_ae,
+        calling_ae=calling_ae,
+        series=series,
+        scus=scus,
+        slices=slices,
+        side=side,
+        receive_ae=receive_ae,
+        receive_port=receive_port,
+        status_url=status_url or None,
+        timeout_s=timeout,
+    )
+    try:
+        figures = run_load(plan)
+    except (OSError, ConnectionError) as exc:
+        fail(str(exc))
+    typer.echo(figures.model_dump_json(indent=2) if as_json else describe(figures))
+    if figures.series_completed < series:
+        fail(f"only {figures.series_completed} of {series} series came back within {timeout:g} s")
+
+
 @contextmanager
 def open_stores(settings: NodeSettings) -> Iterator[Stores]:
     """The node's stores, closed afterwards; a spool that does not exist is an error, not created."""
