@@ -320,6 +320,7 @@ def load(
     scus: Annotated[int, typer.Option(min=1, help="Modalities sending at once.")] = 4,
     slices: Annotated[int, typer.Option(min=1, help="Instances per series.")] = 8,
     side: Annotated[int, typer.Option(min=8, help="Rows and columns of each image.")] = 128,
+    interval: Annotated[float, typer.Option(min=0, help="Seconds between the starts of two series.")] = 0,
     receive_ae: Annotated[str, typer.Option(help="AE title of the stand-in PACS.")] = "VIEWER",
     receive_port: Annotated[int, typer.Option(help="Port of the stand-in PACS (127.0.0.1).")] = 11113,
     status_url: Annotated[
@@ -340,6 +341,7 @@ def load(
         scus=scus,
         slices=slices,
         side=side,
+        interval_s=interval,
         receive_ae=receive_ae,
         receive_port=receive_port,
         status_url=status_url or None,

@@ -2,7 +2,8 @@
 
 It plays both ends of the road: M modalities (C-STORE SCUs, one association per
 series) send N synthetic CT series of a noisy phantom, and a receiving SCP
-stands in for the PACS the node's route delivers to. It prints what a site
+stands in for the PACS the node's route delivers to; with an interval between
+series, later series arrive while workers are busy with earlier ones. It prints what a site
 sizing a node asks: instances/s the node acknowledged, C-STORE round trips
 while workers are busy (reception must never wait for denoising), series/s
 completed, receive-to-delivered latency, and the node's own queue wait and
@@ -42,6 +43,7 @@ class LoadPlan(BaseModel):
     scus: int = 4
     slices: int = 8
     side: int = 128
+    interval_s: float = 0.0
     receive_ae: str = "VIEWER"
     receive_port: int = 11113
     status_url: str | None = "http://127.0.0.1:8080/status"
@@ -102,8 +104,9 @@ def synthetic_series(slices: int, side: int, seed: int) -> list[Dataset]:
     return datasets
 
 
-def send_series(plan: LoadPlan, datasets: list[Dataset], timeline: Timeline) -> None:
-    """One modality's association: C-STORE every instance, timing each round trip."""
+def send_series(plan: LoadPlan, datasets: list[Dataset], timeline: Timeline, not_before: float) -> None:
+    """One modality's association, from ``not_before`` (epoch s): C-STORE every instance, timing each."""
+    time.sleep(max(0.0, not_before - time.time()))
     ae = AE(ae_title=plan.calling_ae)
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate(plan.host, plan.port, ae_title=plan.called_ae)
@@ -149,7 +152,9 @@ def run_load(plan: LoadPlan) -> LoadFigures:
     try:
         started = time.time()
         with ThreadPoolExecutor(max_workers=plan.scus) as modalities:
-            for sent in [modalities.submit(send_series, plan, s, timeline) for s in all_series]:
+            starts = [started + number * plan.interval_s for number in range(plan.series)]
+            sends = [modalities.submit(send_series, plan, s, timeline, t) for s, t in zip(all_series, starts)]
+            for sent in sends:
                 sent.result()
         sending_s = time.time() - started
         deadline = time.monotonic() + plan.timeout_s
