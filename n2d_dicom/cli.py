@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
@@ -187,8 +188,27 @@ def bench(
     methods: Annotated[
         list[str] | None, typer.Option("--method", help="Run only methods whose name contains this.")
     ] = None,
+    perf: Annotated[
+        bool, typer.Option(help="Speed against the one-slice-at-a-time reference, and a CT-sized series.")
+    ] = False,
+    volume_slices: Annotated[
+        int | None, typer.Option(min=1, help="--perf: slices of the 512x512 per-series volume.")
+    ] = None,
+    precision: Annotated[Precision, typer.Option(help="--perf: fp32, tf32 or bf16 (GPU).")] = "fp32",
 ) -> None:
     """Quality and speed of N2D against ZS-N2N, BM3D and non-local means on noisy real images."""
+    if perf:
+        from n2d_dicom.perf import PerfPlan, run_perf
+
+        torch_device = guarded(lambda: resolve_device(device))
+        perf_plan = PerfPlan.for_device(torch_device)
+        if volume_slices is not None:
+            perf_plan = replace(perf_plan, volume_slices=volume_slices)
+        if iterations is not None:
+            perf_plan = replace(perf_plan, iterations=iterations)
+        settings = N2DSettings(precision=precision, iterations=iterations or 2000)
+        guarded(lambda: run_perf(perf_plan, torch_device, settings, typer.echo))
+        return
     from n2d_dicom.bench import BenchPlan, run_benchmark  # heavy optional imports
 
     plan = BenchPlan.quick() if quick else BenchPlan.full()

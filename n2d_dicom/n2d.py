@@ -22,6 +22,7 @@ with ``K = 1``. Every function takes its ``torch.device``; nothing picks one her
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -265,17 +266,37 @@ def _run_stages(
     return restore_detail(g, d2, settings.precision)
 
 
+def random_crops(
+    inputs: Tensor, targets: Tensor, generator: torch.Generator, count: int, side: int | None
+) -> tuple[Tensor, Tensor]:
+    """The same ``count`` random crops (``side`` square, at even offsets) of ``inputs`` and ``targets``.
+
+    Crops come from slices drawn at random without replacement (all slices when there are
+    fewer); ``side=None``, or a side not smaller than the slices, takes whole slices. Even
+    offsets keep each crop's 2x2 blocks those of the slice, so its diagonal downsamples are
+    crops of the slice's.
+    """
+    picks = torch.randperm(inputs.shape[0], generator=generator)[:count].tolist()
+    _, _, h, w = inputs.shape
+    if side is None or side >= min(h, w):
+        return inputs[picks], targets[picks]
+    tops = (torch.randint(0, (h - side) // 2 + 1, (len(picks),), generator=generator) * 2).tolist()
+    lefts = (torch.randint(0, (w - side) // 2 + 1, (len(picks),), generator=generator) * 2).tolist()
+    windows = [(k, t, lf) for k, t, lf in zip(picks, tops, lefts)]
+    crop_in = torch.stack([inputs[k, :, t : t + side, lf : lf + side] for k, t, lf in windows])
+    crop_out = torch.stack([targets[k, :, t : t + side, lf : lf + side] for k, t, lf in windows])
+    return crop_in, crop_out
+
+
 def _denoise_per_series(
     slices: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None
 ) -> Tensor:
     """One network pair for the whole series, trained on random slices, applied to all."""
     volume = slices.unsqueeze(1)  # (S, 1, H, W): slices are samples of one network
     sampler = torch.Generator().manual_seed(settings.seed)
-
-    def draw(inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """The same ``series_batch`` random slices of ``inputs`` and ``targets``."""
-        picks = torch.randperm(volume.shape[0], generator=sampler)[: settings.series_batch].to(device)
-        return inputs[picks], targets[picks]
+    draw = functools.partial(
+        random_crops, generator=sampler, count=settings.series_batch, side=settings.series_patch
+    )
 
     f = train(
         new_networks([settings.seed], settings, device),

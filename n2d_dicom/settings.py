@@ -48,5 +48,14 @@ class N2DSettings(BaseModel):
         "once; both modes run inference in chunks of this size. Bounds memory.",
     )
     series_batch: int = Field(
-        2, ge=1, le=256, description="per-series mode: slices drawn at random for each training step."
+        4, ge=1, le=256, description="per-series mode: slices (or crops) drawn at random for each step."
+    )
+    series_patch: int | None = Field(
+        128,
+        ge=8,
+        le=4096,
+        multiple_of=4,
+        description="per-series mode: train on random square crops of this side (a multiple of 4) "
+        "instead of whole slices; the networks see 5x5 pixels, so crops teach them as much per "
+        "pixel at a fraction of the cost. null: whole slices.",
     )

@@ -10,10 +10,12 @@ from n2d_dicom.n2d import (
     denoise_slices,
     diagonal_downsamples,
     new_networks,
+    random_crops,
     refine,
     stage1_loss,
     stage3_loss,
 )
+from n2d_dicom.phantom import add_noise, ellipsoid_phantom
 from n2d_dicom.settings import N2DSettings
 
 
@@ -138,3 +140,29 @@ def test_stage1_pipeline_stops_after_the_first_network(noisy_phantom, cpu):
     stage1 = denoise_slices(x, settings.model_copy(update={"pipeline": "stage1"}), cpu)
     full = denoise_slices(x, settings, cpu)
     assert not torch.equal(stage1, full)
+
+
+def test_random_crops_take_the_same_even_aligned_window_of_inputs_and_targets():
+    inputs = torch.arange(3 * 20 * 24, dtype=torch.float32).view(3, 1, 20, 24)
+    targets = -inputs
+    crop_in, crop_out = random_crops(inputs, targets, torch.Generator().manual_seed(0), count=5, side=8)
+    assert crop_in.shape == (3, 1, 8, 8)  # no more crops than slices: each slice once
+    assert torch.equal(crop_out, -crop_in)
+    for crop in crop_in:
+        slice_index, rest = divmod(int(crop[0, 0, 0]), 20 * 24)
+        top, left = divmod(rest, 24)
+        assert top % 2 == 0 and left % 2 == 0
+        assert torch.equal(crop, inputs[slice_index, :, top : top + 8, left : left + 8])
+    whole, _ = random_crops(inputs, targets, torch.Generator().manual_seed(0), count=2, side=20)
+    assert whole.shape == (2, 1, 20, 24)
+
+
+def test_per_series_mode_on_crops_denoises_larger_slices(cpu):
+    clean = ellipsoid_phantom(3, 96)
+    noisy = add_noise(clean, "gaussian", seed=3)
+    settings = N2DSettings(mode="per-series", iterations=600, channels=16, series_patch=32)
+    out = denoise_slices(torch.from_numpy(noisy.astype(np.float32)), settings, cpu).numpy().astype(np.float64)
+    assert (
+        peak_signal_noise_ratio(clean, out, data_range=1)
+        > peak_signal_noise_ratio(clean, noisy, data_range=1) + 3
+    )

@@ -1,0 +1,220 @@
+"""``n2d bench --perf``: how fast N2D runs, against the straightforward implementation, in one run.
+
+The reference is the paper's setting done the plain way: one slice at a time,
+one network pair per slice, float32, no batching (``slice_batch=1``). Against it,
+on the same device and the same noisy phantom slices, the batched per-slice mode
+(many slices' networks trained side by side as grouped convolutions) and the
+per-series mode (one network pair for the volume, trained on random crops). A
+CT-sized volume is then denoised per-series to show what a series costs.
+
+Each figure is the median of ``repeats`` runs. Work is counted analytically (the
+convolutions' multiply-adds, forward and backward) and reported as achieved FLOP/s
+against the device's nominal peak, to show how far from the limit the code runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from n2d_dicom.bench import peak_memory
+from n2d_dicom.n2d import REFINE_FACTORS, denoise_slices
+from n2d_dicom.phantom import add_noise, ellipsoid_phantom
+from n2d_dicom.settings import N2DSettings
+
+#: Forward passes of a training step per input pixel: the image and its two quarter-size downsamples.
+TRAIN_PIXELS_PER_STEP = 1.5
+#: Backward costs about twice the forward.
+FORWARD_AND_BACKWARD = 3
+#: Full-size network passes per slice at inference: d1, two per refinement factor, g(d2).
+INFERENCE_PASSES = 2 + 2 * len(REFINE_FACTORS)
+
+#: Dense nominal peaks (FLOP/s) of the GPUs this project is lent, by precision.
+GPU_PEAKS = {
+    "H100": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12},
+    "H200": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12},
+}
+
+
+@dataclass(frozen=True)
+class PerfPlan:
+    """Sizes: a few slices for the per-slice comparison, and a CT-sized per-series volume."""
+
+    slices: int
+    side: int
+    iterations: int
+    volume_slices: int
+    volume_side: int
+    repeats: int
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> PerfPlan:
+        """Paper settings on a GPU; on a CPU the per-slice part is cut down to stay within minutes."""
+        if device.type == "cuda":
+            return cls(slices=64, side=256, iterations=2000, volume_slices=300, volume_side=512, repeats=3)
+        return cls(slices=4, side=96, iterations=150, volume_slices=100, volume_side=512, repeats=3)
+
+
+@dataclass(frozen=True)
+class PerfRow:
+    """One line of the table."""
+
+    part: str
+    method: str
+    slices: int
+    seconds: float
+    psnr: float
+    peak_mb: float
+    flops: float
+
+
+def network_flops(channels: int) -> float:
+    """Multiply-adds x 2 of one network pass over one pixel (conv3x3 1->C, conv3x3 C->C, conv1x1 C->1)."""
+    return 2.0 * (9 * channels + 9 * channels * channels + channels)
+
+
+def n2d_flops(settings: N2DSettings, slices: int, side: int) -> float:
+    """FLOPs of denoising ``slices`` of ``side``^2 pixels with ``settings`` (both stages, counted)."""
+    per_pixel = network_flops(settings.channels)
+    if settings.mode == "per-series":
+        patch = side if settings.series_patch is None else min(settings.series_patch, side)
+        trained_pixels = min(settings.series_batch, slices) * patch * patch
+    else:
+        trained_pixels = slices * side * side
+    training = 2 * settings.iterations * trained_pixels * TRAIN_PIXELS_PER_STEP * FORWARD_AND_BACKWARD
+    return (training + slices * side * side * INFERENCE_PASSES) * per_pixel
+
+
+def device_peak(device: torch.device, precision: str) -> tuple[float | None, str]:
+    """Nominal peak FLOP/s of ``device`` and where the figure comes from (None when unknown)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for model, peaks in GPU_PEAKS.items():
+            if model in name:
+                return peaks[precision], f"{name}, dense {precision} datasheet peak"
+        return None, name
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)]
+    found = re.search(r"flags\s*:\s*(.*)", info)
+    flags = set(found.group(1).split()) if found else set()
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+    threads = torch.get_num_threads()
+    if not mhz:
+        return None, f"{threads} CPU threads"
+    peak = threads * max(mhz) * 1e6 * per_cycle
+    return peak, f"{threads} CPU threads x {max(mhz):.0f} MHz x {per_cycle} fp32 FLOP/cycle (cpuinfo)"
+
+
+def psnr(clean: np.ndarray, estimate: np.ndarray) -> float:
+    mse = float(np.mean((clean - estimate) ** 2))
+    return 10 * np.log10(float(clean.max() - clean.min()) ** 2 / mse)
+
+
+def measure(
+    part: str,
+    method: str,
+    run: Callable[[], np.ndarray],
+    clean: np.ndarray,
+    flops: float,
+    repeats: int,
+    device: torch.device,
+) -> PerfRow:
+    """Median seconds and peak memory of ``repeats`` runs; PSNR of the last."""
+    seconds: list[float] = []
+    peaks: list[float] = []
+    estimate = clean
+    for _ in range(repeats):
+        with peak_memory(device) as peak:
+            started = time.perf_counter()
+            estimate = run()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - started)
+        peaks.append(peak[0])
+    median = statistics.median
+    return PerfRow(part, method, clean.shape[0], median(seconds), psnr(clean, estimate), median(peaks), flops)
+
+
+def perf_rows(
+    plan: PerfPlan, device: torch.device, settings: N2DSettings, echo: Callable[[str], None]
+) -> list[PerfRow]:
+    """The per-slice comparison against the reference, then the CT-sized per-series volume."""
+    clean = ellipsoid_phantom(plan.slices, plan.side)
+    noisy = torch.from_numpy(add_noise(clean, "gaussian", seed=0).astype(np.float32))
+    base = settings.model_copy(update={"iterations": plan.iterations})
+    reference = base.model_copy(update={"mode": "per-slice", "slice_batch": 1, "precision": "fp32"})
+    variants = {
+        "reference: one slice at a time, fp32": reference,
+        f"per-slice, {plan.slices} slices batched, {base.precision}": base.model_copy(
+            update={"mode": "per-slice", "slice_batch": plan.slices}
+        ),
+        f"per-series, {base.precision}": base.model_copy(update={"mode": "per-series"}),
+    }
+    rows: list[PerfRow] = []
+    part = f"{plan.slices} x {plan.side}^2, {plan.iterations} it"
+    for name, variant in variants.items():
+        row = measure(
+            part,
+            name,
+            functools.partial(_denoised, noisy, variant, device),
+            clean,
+            n2d_flops(variant, plan.slices, plan.side),
+            plan.repeats,
+            device,
+        )
+        echo(format_perf_row(row, rows[0] if rows else row, device, variant.precision))
+        rows.append(row)
+    volume_clean = ellipsoid_phantom(plan.volume_slices, plan.volume_side, supersample=1)
+    volume = torch.from_numpy(add_noise(volume_clean, "gaussian", seed=1).astype(np.float32))
+    series = settings.model_copy(update={"mode": "per-series"})
+    row = measure(
+        f"{plan.volume_slices} x {plan.volume_side}^2, {series.iterations} it",
+        f"per-series, {series.precision}",
+        functools.partial(_denoised, volume, series, device),
+        volume_clean,
+        n2d_flops(series, plan.volume_slices, plan.volume_side),
+        1,
+        device,
+    )
+    echo(format_perf_row(row, None, device, series.precision))
+    rows.append(row)
+    return rows
+
+
+def _denoised(noisy: torch.Tensor, settings: N2DSettings, device: torch.device) -> np.ndarray:
+    return denoise_slices(noisy, settings, device).numpy().astype(np.float64)
+
+
+def format_perf_row(row: PerfRow, reference: PerfRow | None, device: torch.device, precision: str) -> str:
+    """A Markdown table row; the speed-up is in slices per second against ``reference``."""
+    rate = row.slices / row.seconds
+    speedup = "-" if reference is None else f"{rate / (reference.slices / reference.seconds):.2f}x"
+    achieved = row.flops / row.seconds
+    peak, _ = device_peak(device, precision)
+    share = "-" if peak is None else f"{100 * achieved / peak:.1f}%"
+    return (
+        f"| {row.part} | {row.method} | {row.seconds:.2f} | {rate:.3f} | {speedup} | {row.psnr:.2f} | "
+        f"{row.peak_mb:.0f} | {achieved / 1e9:.1f} | {share} |"
+    )
+
+
+def run_perf(
+    plan: PerfPlan, device: torch.device, settings: N2DSettings, echo: Callable[[str], None]
+) -> list[PerfRow]:
+    """Print the header and the rows as they complete."""
+    _, peak_source = device_peak(device, settings.precision)
+    echo(
+        f"n2d bench --perf: device {device} ({peak_source}); medians of {plan.repeats} runs; "
+        "phantom, Gaussian sigma 25/255"
+    )
+    echo("| volume | method | seconds | slices/s | vs reference | PSNR dB | peak MB | GFLOP/s | of peak |")
+    echo("|---|---|---|---|---|---|---|---|---|")
+    return perf_rows(plan, device, settings, echo)

@@ -1,0 +1,53 @@
+"""``n2d bench --perf``: the work model and a tiny run through the command."""
+
+import subprocess
+
+import pytest
+import torch
+
+from n2d_dicom.perf import PerfPlan, device_peak, n2d_flops, network_flops, run_perf
+from n2d_dicom.settings import N2DSettings
+from tests.n2d_dicom.test_cli import N2D
+
+
+def test_flops_count_the_convolutions_of_training_and_inference():
+    assert network_flops(48) == 2 * (9 * 48 + 9 * 48 * 48 + 48)
+    per_slice = N2DSettings(iterations=10, channels=4)
+    per_pixel = network_flops(4)
+    # 2 networks x 10 steps x (image + two quarter images) x (forward + backward), then 6 passes
+    assert n2d_flops(per_slice, 2, 16) == pytest.approx(
+        (2 * 10 * 2 * 256 * 1.5 * 3 + 2 * 256 * 6) * per_pixel
+    )
+    crops = per_slice.model_copy(update={"mode": "per-series", "series_batch": 4, "series_patch": 8})
+    assert n2d_flops(crops, 100, 16) == pytest.approx((2 * 10 * 4 * 64 * 1.5 * 3 + 100 * 256 * 6) * per_pixel)
+
+
+def test_cpu_peak_comes_from_cpuinfo():
+    peak, source = device_peak(torch.device("cpu"), "fp32")
+    assert peak is None or peak > 1e9
+    assert "CPU threads" in source
+
+
+def test_perf_prints_every_row_with_the_reference_as_one(cpu):
+    lines: list[str] = []
+    plan = PerfPlan(slices=2, side=16, iterations=3, volume_slices=2, volume_side=32, repeats=1)
+    rows = run_perf(plan, cpu, N2DSettings(iterations=3, channels=4), lines.append)
+    assert [row.method for row in rows] == [
+        "reference: one slice at a time, fp32",
+        "per-slice, 2 slices batched, fp32",
+        "per-series, fp32",
+        "per-series, fp32",
+    ]
+    assert lines[3].split(" | ")[4] == "1.00x"  # the reference against itself
+    assert len(lines) == 3 + 4 and all(row.seconds > 0 and row.flops > 0 for row in rows)
+
+
+def test_bench_perf_command_runs(tmp_path):
+    run = subprocess.run(
+        [str(N2D), "bench", "--perf", "--iterations", "2", "--volume-slices", "2", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("\n| ") == 5  # header row, 3 comparison rows, the volume
