@@ -20,3 +20,38 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise N2DInputError(f"device type {device.type!r} is not supported (use cpu or cuda)")
     return device
+
+
+#: Bytes per pixel and hidden channel that training one network on a slice keeps alive: four
+#: activations per layer pair, their gradients, over the image and its two quarter-size
+#: downsamples (1.5 pixels per pixel), float32 (2 x 4 x 4 x 1.5).
+TRAINING_BYTES_PER_PIXEL_CHANNEL = 48
+#: Share of the free memory a batch may plan to use (allocator slack, other tensors).
+MEMORY_SHARE = 0.5
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` now: CUDA's free memory, or the CPU's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def fit_slice_batch(wanted: int, rows: int, columns: int, channels: int, free: int | None) -> int:
+    """The largest slice batch up to ``wanted`` whose training fits in half of ``free`` bytes (at least 1).
+
+    A 1000-slice series then runs in batches that fit the GPU it lands on
+    instead of failing with out-of-memory; ``free=None`` keeps ``wanted``.
+    """
+    if free is None:
+        return wanted
+    per_slice = TRAINING_BYTES_PER_PIXEL_CHANNEL * channels * rows * columns
+    return max(1, min(wanted, int(free * MEMORY_SHARE) // per_slice))

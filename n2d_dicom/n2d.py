@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from n2d_dicom.devices import fit_slice_batch, free_memory
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.settings import N2DSettings
 
@@ -134,7 +135,7 @@ def new_networks(seeds: list[int], settings: N2DSettings, device: torch.device) 
             torch.manual_seed(seed)
             singles.append(StackedDenoiser(1, settings.channels))
     net = singles[0] if len(singles) == 1 else StackedDenoiser.stack(singles)
-    return net.to(device=device, memory_format=torch.channels_last)
+    return net.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def train(
@@ -225,11 +226,18 @@ def denoise_slices(
 ) -> Tensor:
     """Denoise ``(S, H, W)`` float slices scaled to [0, 1]; returns the same shape on CPU.
 
+    ``settings.slice_batch`` is an upper bound: fewer slices go together when the
+    device's free memory would not hold them (see :func:`fit_slice_batch`).
+
     ``progress`` is called with the number of slices finished since the last call.
     """
     if noisy.ndim != 3:
         raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
     padded, h, w = pad_to_multiple(noisy.to(device=device, dtype=torch.float32))
+    fitted = fit_slice_batch(
+        settings.slice_batch, padded.shape[1], padded.shape[2], settings.channels, free_memory(device)
+    )
+    settings = settings.model_copy(update={"slice_batch": fitted})
     if settings.mode == "per-series":
         out = _denoise_per_series(padded, settings, device, progress)
     else:
