@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,8 @@ MIN_SIDE = 8
 REFINE_FACTORS = (2, 4)
 #: Added to a stage-1 seed to seed its stage-3 network, so that ``f`` and ``g`` start differently.
 DETAIL_SEED_OFFSET = 1_000_003
+#: per-series early stopping holds out one slice in this many.
+HELD_OUT_EVERY = 8
 
 Progress = Callable[[int], None]
 LossFn = Callable[[StackedDenoiser, Tensor, Tensor], Tensor]
@@ -138,20 +141,52 @@ def new_networks(seeds: list[int], settings: N2DSettings, device: torch.device) 
     return net.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
+@dataclass
+class EarlyStop:
+    """Stop when the loss on held-out data stops improving (per-series mode, ``early_stop``).
+
+    The loss is self-supervised, so it needs no clean image: on slices the network
+    never trains on, it rises or stalls once the network starts fitting noise.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    every: int = 100
+    patience: int = 3
+    min_improvement: float = 0.005
+    best: float = float("inf")
+    stale: int = 0
+
+    def should_stop(self, net: StackedDenoiser, loss_fn: LossFn, step: int) -> bool:
+        """Check every ``every`` steps; True once ``patience`` checks in a row brought no improvement."""
+        if (step + 1) % self.every:
+            return False
+        with torch.no_grad():
+            loss = float(loss_fn(net, self.inputs, self.targets).sum())
+        if loss < self.best * (1 - self.min_improvement):
+            self.best, self.stale = loss, 0
+        else:
+            self.stale += 1
+        return self.stale >= self.patience
+
+
 def train(
     net: StackedDenoiser,
     loss_fn: LossFn,
     batches: Callable[[], tuple[Tensor, Tensor]],
     settings: N2DSettings,
     device: torch.device,
+    stop: EarlyStop | None = None,
 ) -> StackedDenoiser:
-    """Adam for ``settings.iterations`` steps, learning rate halved at the half."""
+    """Adam for ``settings.iterations`` steps (fewer if ``stop`` says so), lr halved at the half."""
     net.train()
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.StepLR(
         optimiser, step_size=max(1, settings.iterations // 2), gamma=0.5
     )
-    for _ in range(settings.iterations):
+    for step in range(settings.iterations):
+        if stop is not None and stop.should_stop(net, loss_fn, step):
+            break
         inputs, targets = batches()
         with _precision(device, settings.precision):
             loss = loss_fn(net, inputs, targets)
@@ -298,6 +333,14 @@ def random_crops(
     return crop_in, crop_out
 
 
+def _held_out_split(slices: int, early_stop: bool) -> tuple[list[int], list[int]]:
+    """Slices trained on, and every 8th slice held out for early stopping (series of 8 or more)."""
+    if not early_stop or slices < HELD_OUT_EVERY:
+        return list(range(slices)), []
+    held_out = list(range(HELD_OUT_EVERY // 2, slices, HELD_OUT_EVERY))
+    return [k for k in range(slices) if k not in held_out], held_out
+
+
 def _denoise_per_series(
     slices: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None
 ) -> Tensor:
@@ -307,13 +350,24 @@ def _denoise_per_series(
     draw = functools.partial(
         random_crops, generator=sampler, count=settings.series_batch, side=settings.series_patch
     )
+    trained, held_out = _held_out_split(volume.shape[0], settings.early_stop)
+
+    def early_stop(inputs: Tensor, targets: Tensor) -> EarlyStop | None:
+        if not held_out:
+            return None
+        fixed = torch.Generator().manual_seed(settings.seed + 1)
+        count = 2 * settings.series_batch
+        return EarlyStop(
+            *random_crops(inputs[held_out], targets[held_out], fixed, count, settings.series_patch)
+        )
 
     f = train(
         new_networks([settings.seed], settings, device),
         stage1_loss,
-        lambda: draw(volume, volume),
+        lambda: draw(volume[trained], volume[trained]),
         settings,
         device,
+        early_stop(volume, volume),
     )
     chunks = list(torch.split(volume, settings.slice_batch))
     d1 = [first_estimate(f, c, settings.precision) for c in chunks]
@@ -325,9 +379,10 @@ def _denoise_per_series(
     g = train(
         new_networks([settings.seed + DETAIL_SEED_OFFSET], settings, device),
         stage3_loss,
-        lambda: draw(d2, volume),
+        lambda: draw(d2[trained], volume[trained]),
         settings,
         device,
+        early_stop(d2, volume),
     )
     outputs = []
     for chunk in torch.split(d2, settings.slice_batch):

@@ -5,6 +5,8 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.n2d import (
+    EarlyStop,
+    _held_out_split,
     _shuffle_from_batch,
     _unshuffle_to_batch,
     denoise_slices,
@@ -165,4 +167,35 @@ def test_per_series_mode_on_crops_denoises_larger_slices(cpu):
     assert (
         peak_signal_noise_ratio(clean, out, data_range=1)
         > peak_signal_noise_ratio(clean, noisy, data_range=1) + 3
+    )
+
+
+def test_early_stop_waits_for_patience_checks_without_improvement():
+    losses = iter([1.0, 0.5, 0.499, 0.498, 0.3, 0.31, 0.3, 0.299])
+    stop = EarlyStop(torch.zeros(1), torch.zeros(1), every=10, patience=3, min_improvement=0.005)
+
+    def loss_fn(net, inputs, targets):
+        return torch.tensor(next(losses))
+
+    checks = [step for step in range(80) if (step + 1) % 10 == 0]
+    decisions = [stop.should_stop(None, loss_fn, step) for step in checks]
+    # 1.0 best, 0.5 best, two stale, 0.3 best, three stale: stop at the last check
+    assert decisions == [False] * 7 + [True]
+    assert not stop.should_stop(None, loss_fn, 3)  # between checks nothing is evaluated
+
+
+def test_held_out_slices_are_every_eighth_and_never_trained_on():
+    assert _held_out_split(20, early_stop=True) == ([k for k in range(20) if k not in (4, 12)], [4, 12])
+    assert _held_out_split(7, early_stop=True) == (list(range(7)), [])
+    assert _held_out_split(20, early_stop=False) == (list(range(20)), [])
+
+
+def test_per_series_with_early_stop_still_denoises(cpu):
+    clean = ellipsoid_phantom(8, 96, supersample=2)
+    noisy = add_noise(clean, "gaussian", seed=4)
+    settings = N2DSettings(mode="per-series", iterations=600, channels=16, series_patch=32, early_stop=True)
+    out = denoise_slices(torch.from_numpy(noisy.astype(np.float32)), settings, cpu).numpy().astype(np.float64)
+    assert (
+        peak_signal_noise_ratio(clean, out, data_range=1)
+        > peak_signal_noise_ratio(clean, noisy, data_range=1) + 2
     )
