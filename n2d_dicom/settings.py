@@ -51,7 +51,7 @@ class N2DSettings(BaseModel):
         4, ge=1, le=256, description="per-series mode: slices (or crops) drawn at random for each step."
     )
     early_stop: bool = Field(
-        False,
+        True,
         description="per-series mode: hold out every 8th slice (series of 8 or more) and stop "
         "training a network once its loss on them has not improved by 0.5% for 3 checks 100 steps "
         "apart; iterations is then the most steps taken.",
