@@ -1,4 +1,4 @@
-"""The pynetdicom AE and its event handlers: the only module that knows pynetdicom's events.
+"""The pynetdicom AE and its event handlers: the only module of the node that knows pynetdicom's events.
 
 Each C-STORE is answered after the instance is durably in the spool (status
 0x0000), or with a failure status that says what happened to it:
