@@ -16,7 +16,8 @@ def test_load_sends_every_series_gets_each_back_and_reports_the_figures(tmp_path
             [
                 str(N2D),
                 "load",
-                *("--port", str(config["port"]), "--series", "4", "--scus", "2", "--slices", "3", "--interval", "0.5"),
+                *("--port", str(config["port"]), "--series", "4", "--scus", "2", "--slices", "3"),
+                *("--interval", "0.5"),
                 *("--side", "32", "--receive-ae", "PACS", "--receive-port", str(receive_port)),
                 *("--status-url", f"http://127.0.0.1:{config['http_port']}/status", "--timeout", "120"),
                 "--json",

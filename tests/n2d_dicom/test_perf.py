@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import torch
 
-from n2d_dicom.perf import PerfPlan, device_peak, n2d_flops, network_flops, run_perf
+from n2d_dicom.perf import PerfPlan, device_peak, may_stop_early, n2d_flops, network_flops, run_perf
 from n2d_dicom.settings import N2DSettings
 from tests.n2d_dicom.test_cli import N2D
 
@@ -51,3 +51,10 @@ def test_bench_perf_command_runs(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("\n| ") == 5  # header row, 3 comparison rows, the volume
+
+
+def test_flops_are_an_upper_bound_only_where_early_stopping_can_cut_training():
+    series = N2DSettings(mode="per-series")
+    assert may_stop_early(series, 8) and not may_stop_early(series, 7)
+    assert not may_stop_early(series.model_copy(update={"early_stop": False}), 100)
+    assert not may_stop_early(N2DSettings(mode="per-slice"), 100)
