@@ -63,6 +63,7 @@ class Case:
     name: str
     noise: str
     clean: np.ndarray
+    seed: int
 
     @property
     def label(self) -> str:
@@ -122,7 +123,9 @@ def build_cases(plan: BenchPlan, wanted: list[str]) -> list[Case]:
             ellipsoid_phantom(plan.phantom_slices, plan.phantom_side),
         )
     )
-    cases = [Case(name, noise, clean) for name, clean in images for noise in NOISES]
+    pairs = [(name, clean, noise) for name, clean in images for noise in NOISES]
+    # Seeds follow the full list, so that a case gets the same noise however the cases are filtered.
+    cases = [Case(name, noise, clean, seed) for seed, (name, clean, noise) in enumerate(pairs)]
     return [c for c in cases if not wanted or any(w.lower() in c.label.lower() for w in wanted)]
 
 
@@ -220,10 +223,10 @@ def peak_memory(device: torch.device) -> Iterator[list[float]]:
 
 
 def run_case(
-    plan: BenchPlan, case: Case, seed: int, device: torch.device, wanted: list[str]
+    plan: BenchPlan, case: Case, device: torch.device, wanted: list[str]
 ) -> Iterator[Result]:
     """Noisy row first, then one row per method."""
-    noisy = add_noise(case.clean, case.noise, seed)
+    noisy = add_noise(case.clean, case.noise, case.seed)
     yield Result(case.label, "noisy input", *quality(case.clean, noisy), None, None)
     for name, method in methods_for(plan, case).items():
         if wanted and not any(w.lower() in name.lower() for w in wanted):
@@ -261,8 +264,8 @@ def run_benchmark(
     echo("| case | method | PSNR dB | SSIM | seconds | peak MB |")
     echo("|---|---|---|---|---|---|")
     results = []
-    for seed, case in enumerate(build_cases(plan, cases)):
-        for result in run_case(plan, case, seed, device, methods):
+    for case in build_cases(plan, cases):
+        for result in run_case(plan, case, device, methods):
             echo(format_row(result))
             results.append(result)
     return results
