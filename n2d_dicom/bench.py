@@ -161,16 +161,24 @@ def nlm_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
 
 
 def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
-    """The methods compared on ``case``; per-series only where there is a series."""
-    base = N2DSettings(iterations=plan.iterations)
+    (
+        """The methods compared on ``case``; per-series only where there is a series.
+
+    The N2D rows are the paper's pipeline (``noise="white"``) except "noise auto",
+    which samples the image at the stride its measured noise correlation asks for.
+    """
+        ""
+    )
+    paper = N2DSettings(iterations=plan.iterations, noise="white")
     chosen: dict[str, Denoiser] = {
         "BM3D (sigma estimated)": bm3d_method,
         "NLM (scikit-image)": nlm_method,
-        "stage 1 only (ZS-N2N)": n2d_method(base.model_copy(update={"pipeline": "stage1"})),
-        "N2D per-slice": n2d_method(base),
+        "stage 1 only (ZS-N2N)": n2d_method(paper.model_copy(update={"pipeline": "stage1"})),
+        "N2D per-slice": n2d_method(paper),
+        "N2D per-slice, noise auto": n2d_method(paper.model_copy(update={"noise": "auto"})),
     }
     if case.clean.shape[0] > 1:
-        chosen["N2D per-series"] = n2d_method(base.model_copy(update={"mode": "per-series"}))
+        chosen["N2D per-series"] = n2d_method(paper.model_copy(update={"mode": "per-series"}))
     return chosen
 
 
@@ -222,9 +230,7 @@ def peak_memory(device: torch.device) -> Iterator[list[float]]:
         peak[0] = max(0, max(highest[0], _resident_bytes()) - baseline) / 2**20
 
 
-def run_case(
-    plan: BenchPlan, case: Case, device: torch.device, wanted: list[str]
-) -> Iterator[Result]:
+def run_case(plan: BenchPlan, case: Case, device: torch.device, wanted: list[str]) -> Iterator[Result]:
     """Noisy row first, then one row per method."""
     noisy = add_noise(case.clean, case.noise, case.seed)
     yield Result(case.label, "noisy input", *quality(case.clean, noisy), None, None)

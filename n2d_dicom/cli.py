@@ -23,7 +23,7 @@ from n2d_dicom.derive import TransferSyntaxName as TransferSyntax
 from n2d_dicom.devices import resolve_device
 from n2d_dicom.errors import N2DInputError
 from n2d_dicom.nifti_io import default_slice_axis, denoise_nifti, read_nifti, slice_count
-from n2d_dicom.settings import Mode, N2DSettings, Pipeline, Precision
+from n2d_dicom.settings import Mode, N2DSettings, Noise, Pipeline, Precision
 
 if TYPE_CHECKING:  # the node's modules load only for the node's commands
     from scp_server.config import NodeSettings
@@ -42,6 +42,10 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option(help="Random seed; same seed and device, same result.")]
 SliceBatchOption = Annotated[int, typer.Option(help="Slices processed together (bounds memory).")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar on stderr.")]
+NoiseOption = Annotated[
+    Noise,
+    typer.Option(help="auto (measure), white (the paper's pipeline) or correlated (CT-kernel noise)."),
+]
 
 
 def fail(message: str) -> NoReturn:
@@ -75,6 +79,7 @@ def denoise(
     pipeline: Annotated[Pipeline, typer.Option(help="n2d (all stages) or stage1 (ZS-N2N).")] = "n2d",
     precision: Annotated[Precision, typer.Option(help="fp32, tf32 or bf16 (GPU).")] = "fp32",
     slice_batch: SliceBatchOption = 8,
+    noise: NoiseOption = "auto",
     progress: ProgressOption = True,
 ) -> None:
     """Denoise a NIfTI volume slice by slice, keeping its header, affine, dtype and scaling."""
@@ -86,6 +91,7 @@ def denoise(
             pipeline=pipeline,
             precision=precision,
             slice_batch=slice_batch,
+            noise=noise,
         )
     )
     torch_device = guarded(lambda: resolve_device(device))
@@ -115,6 +121,7 @@ def denoise_dicom(
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     slice_batch: SliceBatchOption = 8,
+    noise: NoiseOption = "auto",
     uid_root: Annotated[str | None, typer.Option(help="Root for new UIDs, ending in '.'.")] = None,
     series_number_offset: Annotated[int, typer.Option(help="Added to the source Series Number.")] = 1000,
     description_suffix: Annotated[str, typer.Option(help="Appended to the Series Description.")] = " [N2D]",
@@ -133,7 +140,7 @@ def denoise_dicom(
     from n2d_dicom.dicom_io import read_dicom_folder
 
     settings = guarded(
-        lambda: N2DSettings(mode=mode, iterations=iterations, seed=seed, slice_batch=slice_batch)
+        lambda: N2DSettings(mode=mode, iterations=iterations, seed=seed, slice_batch=slice_batch, noise=noise)
     )
     derivation = guarded(
         lambda: DerivationSettings(

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from n2d_dicom.devices import fit_slice_batch, free_memory
 from n2d_dicom.model import StackedDenoiser
+from n2d_dicom.noise import decorrelating_stride
 from n2d_dicom.settings import N2DSettings
 
 #: Images are padded to a multiple of this (the largest pixel-unshuffle factor).
@@ -242,12 +243,12 @@ def restore_detail(net: StackedDenoiser, smooth: Tensor, precision: str) -> Tens
         return net(smooth).float().clamp(0, 1)
 
 
-def pad_to_multiple(slices: Tensor) -> tuple[Tensor, int, int]:
-    """Reflect-pad ``(S, H, W)`` so both sides are multiples of :data:`SIDE_MULTIPLE`."""
+def pad_to_multiple(slices: Tensor, multiple: int = SIDE_MULTIPLE) -> tuple[Tensor, int, int]:
+    """Reflect-pad ``(S, H, W)`` so both sides are multiples of ``multiple``."""
     _, h, w = slices.shape
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"image sides must be at least {MIN_SIDE} pixels, got {h}x{w}")
-    pad_h, pad_w = -h % SIDE_MULTIPLE, -w % SIDE_MULTIPLE
+    pad_h, pad_w = -h % multiple, -w % multiple
     if pad_h or pad_w:
         slices = F.pad(slices.unsqueeze(1), (0, pad_w, 0, pad_h), mode="reflect").squeeze(1)
     return slices, h, w
@@ -268,27 +269,50 @@ def denoise_slices(
     """
     if noisy.ndim != 3:
         raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
-    padded, h, w = pad_to_multiple(noisy.to(device=device, dtype=torch.float32))
+    stride = sampling_stride(noisy, settings)
+    padded, h, w = pad_to_multiple(noisy.to(device=device, dtype=torch.float32), SIDE_MULTIPLE * stride)
     fitted = fit_slice_batch(
         settings.slice_batch, padded.shape[1], padded.shape[2], settings.channels, free_memory(device)
     )
     settings = settings.model_copy(update={"slice_batch": fitted})
     if settings.mode == "per-series":
-        out = _denoise_per_series(padded, settings, device, progress)
+        sub = _unshuffle_to_batch(padded.unsqueeze(1), stride).squeeze(1)
+        out = _shuffle_from_batch(_denoise_per_series(sub, settings, device, None).unsqueeze(1), stride)
+        out = out.squeeze(1)
+        if progress:
+            progress(noisy.shape[0])
     else:
-        out = _denoise_per_slice(padded, settings, device, progress)
+        out = _denoise_per_slice(padded, settings, device, progress, stride)
     return out[:, :h, :w].cpu()
 
 
+def sampling_stride(noisy: Tensor, settings: N2DSettings) -> int:
+    """Pixel spacing at which N2D samples the image: 1 for white noise, more for correlated noise.
+
+    Capped so that sub-images keep sides of at least :data:`MIN_SIDE`.
+    """
+    if settings.noise == "white":
+        return 1
+    stride = decorrelating_stride(noisy)
+    if settings.noise == "correlated":
+        stride = max(2, stride)
+    return max(1, min(stride, min(noisy.shape[-2:]) // MIN_SIDE))
+
+
 def _denoise_per_slice(
-    slices: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None
+    slices: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None, stride: int = 1
 ) -> Tensor:
-    """One network pair per slice; ``slice_batch`` slices train side by side."""
+    """One network pair per slice; ``slice_batch`` slices train side by side.
+
+    With ``stride > 1`` each slice's network trains on, and denoises, the slice's
+    ``stride^2`` pixel-unshuffled sub-images (samples of one network), shuffled back after.
+    """
     outputs = []
     for start in range(0, slices.shape[0], settings.slice_batch):
         chunk = slices[start : start + settings.slice_batch].unsqueeze(0)  # (1, K, H, W)
         seeds = [settings.seed + start + k for k in range(chunk.shape[1])]
-        outputs.append(_run_stages(chunk, seeds, settings, device)[0])
+        sub = _unshuffle_to_batch(chunk, stride)  # (stride^2, K, H/stride, W/stride)
+        outputs.append(_shuffle_from_batch(_run_stages(sub, seeds, settings, device), stride)[0])
         if progress:
             progress(chunk.shape[1])
     return torch.cat(outputs)

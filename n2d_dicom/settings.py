@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Mode = Literal["per-slice", "per-series"]
 Pipeline = Literal["n2d", "stage1"]
 Precision = Literal["fp32", "tf32", "bf16"]
+Noise = Literal["auto", "white", "correlated"]
 
 
 class N2DSettings(BaseModel):
@@ -30,6 +31,13 @@ class N2DSettings(BaseModel):
         "n2d",
         description="n2d: all three stages. stage1: the Noise2Noise network alone "
         "(the ZS-N2N baseline; half the training, less detail recovered).",
+    )
+    noise: Noise = Field(
+        "auto",
+        description="white: the paper's pipeline. correlated: noise spread over neighbouring pixels "
+        "(a CT reconstruction kernel): N2D runs on pixel-unshuffled sub-images whose pixels are far "
+        "enough apart for their noise to be independent (the spacing is measured on the image, at "
+        "least 2). auto: measure, and use the paper's pipeline where the noise is white.",
     )
     iterations: int = Field(2000, ge=1, le=100_000, description="Adam steps for each of the two networks.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")

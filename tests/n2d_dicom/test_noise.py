@@ -1,0 +1,61 @@
+"""Measuring the noise's spatial correlation on the image, and N2D on decorrelated sub-images."""
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio
+
+from n2d_dicom.bench import real_crop
+from n2d_dicom.n2d import denoise_slices, sampling_stride
+from n2d_dicom.noise import decorrelating_stride, lag_correlations
+from n2d_dicom.phantom import add_noise, ellipsoid_phantom
+from n2d_dicom.settings import N2DSettings
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return ellipsoid_phantom(2, 96, supersample=2)
+
+
+def noisy(clean, noise):
+    return torch.from_numpy(add_noise(clean, noise, seed=5))
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_white_and_poisson_noise_measure_as_independent(clean, noise):
+    assert max(lag_correlations(noisy(clean, noise))) < 0.2
+    assert decorrelating_stride(noisy(clean, noise)) == 1
+
+
+def test_kernel_filtered_noise_measures_as_correlated_at_lag_one_only(clean):
+    rho = lag_correlations(noisy(clean, "correlated"))
+    assert rho[0] > 0.35 and max(rho[1:]) < 0.2
+    assert decorrelating_stride(noisy(clean, "correlated")) == 3
+
+
+def test_noise_setting_picks_the_stride(clean):
+    white, correlated = noisy(clean, "gaussian"), noisy(clean, "correlated")
+    assert sampling_stride(correlated, N2DSettings(noise="white")) == 1
+    assert sampling_stride(correlated, N2DSettings(noise="auto")) == 3
+    assert sampling_stride(white, N2DSettings(noise="auto")) == 1
+    assert sampling_stride(white, N2DSettings(noise="correlated")) == 2  # asked for: at least 2
+    assert sampling_stride(correlated[:, :12, :12], N2DSettings(noise="auto")) == 1  # too small to measure
+
+
+def test_sub_images_keep_at_least_eight_pixels_a_side():
+    x = torch.rand(1, 20, 40)
+    assert sampling_stride(x, N2DSettings(noise="correlated")) == 2
+
+
+def test_decorrelated_n2d_removes_correlated_noise_the_paper_pipeline_keeps():
+    clean = real_crop("693_UNCI.dcm", 96)  # a real CT slice
+    x = noisy(clean, "correlated").float()
+    settings = N2DSettings(iterations=300, channels=16)
+    paper = denoise_slices(x, settings.model_copy(update={"noise": "white"}), torch.device("cpu"))
+    auto = denoise_slices(x, settings, torch.device("cpu"))
+
+    def psnr(image):
+        return peak_signal_noise_ratio(clean, image.numpy().astype(np.float64), data_range=1)
+
+    assert psnr(auto) > psnr(paper) + 3
+    assert auto.shape == x.shape
