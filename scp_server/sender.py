@@ -15,6 +15,7 @@ out. Each instance ends in one of three states, recorded in its
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,29 @@ DELIVERED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 MAX_CONTEXTS = 128
 
 
+class DestinationTLS(BaseModel):
+    """DICOM over TLS towards a destination: its certificate is verified, ours shown if it asks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signed the destination's certificate; null: system CAs."
+    )
+    certificate: Path | None = Field(None, description="PEM client certificate, for mutual TLS.")
+    private_key: Path | None = Field(None, description="PEM key of that client certificate.")
+    server_name: str | None = Field(
+        None, description="Name to verify the destination's certificate against; null: its host."
+    )
+
+    def client_context(self) -> ssl.SSLContext:
+        """TLS 1.2 or newer, the destination's certificate and host name verified."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.certificate is not None:
+            context.load_cert_chain(self.certificate, self.private_key)
+        return context
+
+
 class Destination(BaseModel):
     """A peer that receives derived series (a PACS, a viewer, a research store)."""
 
@@ -41,6 +65,13 @@ class Destination(BaseModel):
     ae_title: str = Field(min_length=1, max_length=16, description="The destination's AE title.")
     host: str = Field(description="Host name or address.")
     port: int = Field(ge=1, le=65535, description="DICOM port.")
+    tls: DestinationTLS | None = Field(None, description="Send over TLS; null: plain TCP.")
+
+    def tls_args(self) -> tuple[ssl.SSLContext, str] | None:
+        """pynetdicom's ``tls_args`` for an association to this destination (None: plain TCP)."""
+        if self.tls is None:
+            return None
+        return self.tls.client_context(), self.tls.server_name or self.host
 
 
 @dataclass(frozen=True)
@@ -102,7 +133,16 @@ def send_files(
     for attempt in range(attempts):
         if attempt:
             sleep(backoff_s * 2 ** (attempt - 1))
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        try:
+            assoc = ae.associate(
+                destination.host,
+                destination.port,
+                ae_title=destination.ae_title,
+                tls_args=destination.tls_args(),
+            )
+        except (OSError, ssl.SSLError) as exc:  # unreadable certificate files: kept for a later try
+            log.error("send to %s: TLS set-up failed: %s", destination.ae_title, exc)
+            return [SendResult(p, str(headers[p].SOPInstanceUID), None, f"TLS set-up: {exc}") for p in paths]
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "no association"
             log.warning(

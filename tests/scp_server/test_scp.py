@@ -186,35 +186,6 @@ def test_start_refuses_an_empty_list_of_allowed_callers(tmp_path):
         start_scp(NodeSettings(port=free_port(), spool_dir=tmp_path), Spool(tmp_path))
 
 
-@pytest.fixture
-def certificate(tmp_path):
-    """A self-signed certificate for 127.0.0.1, made with openssl."""
-    key, cert = tmp_path / "node.key", tmp_path / "node.crt"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def test_tls_node_answers_tls_peers_and_not_plain_ones(tmp_path, certificate):
     import ssl
 

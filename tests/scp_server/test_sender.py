@@ -1,5 +1,6 @@
 """Delivering files to real receivers on loopback: a pynetdicom SCP and dcmtk's storescp."""
 
+import ssl
 import subprocess
 import time
 
@@ -8,13 +9,13 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
-from scp_server.sender import Destination, send_files
+from scp_server.sender import Destination, DestinationTLS, send_files
 from tests.conftest import dcmtk
 from tests.n2d_dicom.conftest import data_file, write_ct_series
 from tests.scp_server.test_scp import free_port
 
 
-def receiver(port: int, statuses: dict[str, int] | None = None):
+def receiver(port: int, statuses: dict[str, int] | None = None, tls: ssl.SSLContext | None = None):
     """A pynetdicom SCP that records what it receives; answers ``statuses[sop_uid]`` if given."""
     received: list[str] = []
 
@@ -26,7 +27,9 @@ def receiver(port: int, statuses: dict[str, int] | None = None):
     ae = AE(ae_title="DEST")
     for sop_class in (CTImageStorage, MRImageStorage):
         ae.add_supported_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)], ssl_context=tls
+    )
     return server, received
 
 
@@ -123,3 +126,32 @@ def test_mixed_sop_classes_and_transfer_syntaxes_in_one_batch(tmp_path):
     finally:
         server.shutdown()
     assert all(r.delivered for r in results) and len(received) == 2
+
+
+def test_tls_destination_gets_the_files_only_over_verified_tls(series_files, certificate):
+    cert, key = certificate
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    port = free_port()
+    server, received = receiver(port, tls=server_side)
+    plain = Destination(ae_title="DEST", host="127.0.0.1", port=port)
+    trusted = plain.model_copy(update={"tls": DestinationTLS(ca_file=cert)})
+    untrusted = plain.model_copy(update={"tls": DestinationTLS()})  # system CAs did not sign it
+    try:
+        refused_plain = send_files(series_files, plain, "N2D", attempts=1, timeout_s=5)
+        refused_unverified = send_files(series_files, untrusted, "N2D", attempts=1, timeout_s=5)
+        assert received == []
+        delivered = send_files(series_files, trusted, "N2D", attempts=1, timeout_s=5)
+    finally:
+        server.shutdown()
+    assert not any(r.delivered for r in refused_plain + refused_unverified)
+    assert all(r.delivered for r in delivered) and len(received) == len(series_files)
+
+
+def test_unreadable_tls_files_leave_the_files_undelivered_with_the_reason(series_files, tmp_path):
+    destination = Destination(
+        ae_title="DEST", host="127.0.0.1", port=free_port(), tls=DestinationTLS(ca_file=tmp_path / "none.pem")
+    )
+    results = send_files(series_files, destination, "N2D", attempts=1)
+    assert not any(r.delivered or r.refused for r in results)
+    assert all(r.error and r.error.startswith("TLS set-up") for r in results)
