@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydicom.dataset import Dataset
 
@@ -104,6 +104,11 @@ class NodeSettings(BaseSettings):
     allowed_calling_aets: list[str] = Field(
         default_factory=list,
         description="Calling AE titles allowed to associate; everyone else is rejected. Empty: nobody.",
+    )
+    allowed_source_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Peer addresses that may connect (CIDR, e.g. 10.1.2.0/24); others are closed before "
+        "any DICOM is read. Empty: any address (the AE title allow-list still applies).",
     )
     spool_dir: Path = Field(Path("spool"), description="Where received instances and the index are kept.")
     tls: TLSSettings | None = Field(None, description="Listen with TLS; None: plain TCP.")

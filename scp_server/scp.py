@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from collections.abc import Callable
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 from pydicom.uid import (
@@ -179,6 +181,25 @@ def _association_ended(event: Event, on_ended: EndedHook | None) -> None:
         on_ended(association_key(event))
 
 
+class SourceFilteredServer(ThreadedAssociationServer):
+    """pynetdicom's server, closing connections from outside ``allowed_networks`` before any DICOM is read.
+
+    A defence in depth beside the AE title allow-list (AE titles are not secrets).
+    """
+
+    allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """socketserver's hook: False closes the connection at once."""
+        if not self.allowed_networks:
+            return True
+        host = ip_address(client_address[0])
+        if any(host in network for network in self.allowed_networks):
+            return True
+        log.warning("connection from %s closed: not in allowed_source_networks", client_address[0])
+        return False
+
+
 def start_scp(
     settings: NodeSettings,
     spool: Spool,
@@ -200,13 +221,18 @@ def start_scp(
         (evt.EVT_ABORTED, _association_ended, [on_ended]),
         (evt.EVT_REJECTED, _log_association),
     ]
-    server = build_ae(settings).start_server(
+    server_class = type(
+        "NodeServer", (SourceFilteredServer,), {"allowed_networks": tuple(settings.allowed_source_networks)}
+    )
+    ae = build_ae(settings)
+    server = ae.make_server(
         (settings.bind_address, settings.port),
-        block=False,
         evt_handlers=handlers,
         ssl_context=settings.tls.server_context() if settings.tls else None,
+        server_class=server_class,
     )
-    assert server is not None  # block=False always returns the server
+    ae._servers.append(server)  # as AE.start_server does; the server's shutdown() removes it
+    threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
     log.info(
         "listening as %s on %s:%s%s",
         settings.ae_title,

@@ -217,3 +217,27 @@ def test_tls_node_answers_tls_peers_and_not_plain_ones(tmp_path, certificate):
     finally:
         server.shutdown()
         spool.close()
+
+
+@pytest.mark.parametrize(
+    ("networks", "accepted"), [(["10.0.0.0/8"], False), (["10.0.0.0/8", "127.0.0.0/8"], True)]
+)
+def test_only_allowed_source_networks_may_connect(tmp_path, networks, accepted):
+    settings = NodeSettings(
+        port=free_port(),
+        allowed_calling_aets=[CALLER],
+        allowed_source_networks=networks,
+        spool_dir=tmp_path / "spool",
+        network_timeout_s=5,
+    )
+    spool = Spool(settings.spool_dir)
+    server = start_scp(settings, spool)
+    try:
+        assoc = associate(settings)
+        assert assoc.is_established == accepted
+        if accepted:
+            assert assoc.send_c_echo().Status == 0x0000
+            assoc.release()
+    finally:
+        server.shutdown()
+        spool.close()
