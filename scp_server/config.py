@@ -123,6 +123,10 @@ class NodeSettings(BaseSettings):
     routes: list[Route] = Field(
         default_factory=list, description="First matching route wins; none: not processed."
     )
+    forward_unmatched: list[Destination] = Field(
+        default_factory=list,
+        description="Where series that match no route are sent unchanged; empty: they stay in the spool.",
+    )
     derivation: DerivationSettings = Field(default_factory=DerivationSettings)
     device: str = Field("auto", description="Where the worker denoises: auto, cpu, cuda, cuda:N.")
     threads: int | None = Field(

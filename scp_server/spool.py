@@ -134,12 +134,17 @@ class Spool:
 
     def series_files(self, series_instance_uid: str) -> list[Path]:
         """The stored files of one series."""
+        return [path for _, path in self.series_instances(series_instance_uid)]
+
+    def series_instances(self, series_instance_uid: str) -> list[tuple[str, Path]]:
+        """``(SOP Instance UID, file)`` of each stored instance of one series, in order of arrival."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT path FROM instances WHERE series_instance_uid = ? ORDER BY received_at",
+                "SELECT sop_instance_uid, path FROM instances WHERE series_instance_uid = ? "
+                "ORDER BY received_at",
                 (series_instance_uid,),
             ).fetchall()
-        return [self.root / path for (path,) in rows]
+        return [(str(uid), self.root / path) for uid, path in rows]
 
     def calling_aet(self, series_instance_uid: str) -> str:
         """The AE title that sent the first instance of a series ("" if unknown)."""

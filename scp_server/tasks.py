@@ -78,11 +78,26 @@ class SeriesProcessor:
         calling = self.stores.spool.calling_aet(series_uid)
         header = pydicom.dcmread(files[0], stop_before_pixels=True)
         route = route_for(self.settings, header, calling)
-        if route is None:
+        if route is not None:
+            self._denoise_and_queue(series_uid, run, files, route)
+        elif self.settings.forward_unmatched:
+            self._forward_unchanged(series_uid, run)
+        else:
             log.info("series %s run %d from %s: no route matches, not processed", series_uid, run, calling)
             return
-        self._denoise_and_queue(series_uid, run, files, route)
         self.deliver_outbox()
+
+    def _forward_unchanged(self, series_uid: str, run: int) -> None:
+        """Queue the received files themselves for every ``forward_unmatched`` destination."""
+        items = self.stores.spool.series_instances(series_uid)
+        for destination in self.settings.forward_unmatched:
+            self.stores.outbox.add(items, destination, series_uid)
+        log.info(
+            "series %s run %d: no route matches, %d instances forwarded unchanged",
+            series_uid,
+            run,
+            len(items),
+        )
 
     def _denoise_and_queue(self, series_uid: str, run: int, files: list[Path], route: Route) -> None:
         found, rejected = read_dicom_files(files)

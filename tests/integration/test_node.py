@@ -6,6 +6,7 @@ import urllib.request
 
 import pydicom
 import pytest
+import yaml
 
 from tests.integration.conftest import (
     metrics,
@@ -98,3 +99,24 @@ def test_killed_mid_send_the_restarted_node_completes_delivery_without_duplicate
         stop_node(process)
     assert len({ds.SeriesInstanceUID for ds in received}) == 1  # one derived series, not two
     assert len(received) <= 5  # at most the instance in flight at the kill arrives twice
+
+
+def test_a_series_no_route_takes_is_forwarded_unchanged_where_configured(tmp_path, pacs):
+    pacs_port, received = pacs
+    path, config = write_config(tmp_path, pacs_port)
+    config["routes"][0]["match"] = {"modalities": ["MR"]}  # the CT series below matches no route
+    config["forward_unmatched"] = [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
+    path.write_text(yaml.safe_dump(config))
+    folder = tmp_path / "modality"
+    folder.mkdir()
+    sources = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, write_ct_series(folder, [0.0, 2.5]))}
+    process = start_node(path, config["port"])
+    try:
+        send_series(config["port"], folder)
+        wait_until(lambda: len(received) == 2, process)
+    finally:
+        stop_node(process)
+    assert {str(ds.SOPInstanceUID) for ds in received} == set(sources)
+    for ds in received:
+        source = sources[str(ds.SOPInstanceUID)]
+        assert ds.SeriesInstanceUID == source.SeriesInstanceUID and ds.PixelData == source.PixelData
