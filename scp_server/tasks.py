@@ -35,6 +35,12 @@ SEND_CLAIM_S = 900.0
 def make_queue(settings: NodeSettings) -> Huey:
     """huey on the configured storage: SQLite in the spool (embedded default) or a Redis server."""
     if settings.queue.backend == "redis":
+        try:
+            import redis  # noqa: F401 (huey's Redis storage needs it)
+        except ImportError as exc:
+            raise ValueError(
+                "queue.backend redis needs the redis client: pip install 'n2d-dicom[redis]'"
+            ) from exc
         return RedisHuey(name=settings.queue.name, url=settings.queue.redis_url, results=False)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     return SqliteHuey(
