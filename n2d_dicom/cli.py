@@ -42,6 +42,9 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option(help="Random seed; same seed and device, same result.")]
 SliceBatchOption = Annotated[int, typer.Option(help="Slices processed together (bounds memory).")]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar on stderr.")]
+EarlyStopOption = Annotated[
+    bool, typer.Option(help="per-series: stop a network once its loss on held-out slices stalls.")
+]
 NoiseOption = Annotated[
     Noise,
     typer.Option(help="auto (measure), white (the paper's pipeline) or correlated (CT-kernel noise)."),
@@ -80,6 +83,7 @@ def denoise(
     precision: Annotated[Precision, typer.Option(help="fp32, tf32 or bf16 (GPU).")] = "fp32",
     slice_batch: SliceBatchOption = 8,
     noise: NoiseOption = "auto",
+    early_stop: EarlyStopOption = True,
     progress: ProgressOption = True,
 ) -> None:
     """Denoise a NIfTI volume slice by slice, keeping its header, affine, dtype and scaling."""
@@ -92,6 +96,7 @@ def denoise(
             precision=precision,
             slice_batch=slice_batch,
             noise=noise,
+            early_stop=early_stop,
         )
     )
     torch_device = guarded(lambda: resolve_device(device))
@@ -122,6 +127,7 @@ def denoise_dicom(
     seed: SeedOption = 0,
     slice_batch: SliceBatchOption = 8,
     noise: NoiseOption = "auto",
+    early_stop: EarlyStopOption = True,
     uid_root: Annotated[str | None, typer.Option(help="Root for new UIDs, ending in '.'.")] = None,
     series_number_offset: Annotated[int, typer.Option(help="Added to the source Series Number.")] = 1000,
     description_suffix: Annotated[str, typer.Option(help="Appended to the Series Description.")] = " [N2D]",
@@ -140,7 +146,14 @@ def denoise_dicom(
     from n2d_dicom.dicom_io import read_dicom_folder
 
     settings = guarded(
-        lambda: N2DSettings(mode=mode, iterations=iterations, seed=seed, slice_batch=slice_batch, noise=noise)
+        lambda: N2DSettings(
+            mode=mode,
+            iterations=iterations,
+            seed=seed,
+            slice_batch=slice_batch,
+            noise=noise,
+            early_stop=early_stop,
+        )
     )
     derivation = guarded(
         lambda: DerivationSettings(

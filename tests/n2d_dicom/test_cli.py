@@ -36,6 +36,16 @@ def test_denoise_writes_the_output_and_reports_a_summary(volume, tmp_path):
     assert nib.load(out).shape == (16, 16, 2)
 
 
+def test_noise_and_early_stop_options_reach_the_engine(volume, tmp_path):
+    out = tmp_path / "ct_n2d.nii.gz"
+    args = ("--iterations", "3", "--device", "cpu", "--no-progress", "--mode", "per-series")
+    result = run("denoise", str(volume), str(out), *args, "--noise", "correlated", "--no-early-stop")
+    assert result.returncode == 0, result.stderr
+    assert nib.load(out).shape == (16, 16, 2)
+    wrong = run("denoise", str(volume), str(out), *args, "--noise", "pink")
+    assert wrong.returncode != 0 and "pink" in wrong.stderr
+
+
 def test_per_series_mode_and_progress_bar(volume, tmp_path):
     out = tmp_path / "ct_n2d.nii"
     result = run(
