@@ -277,7 +277,7 @@ def denoise_slices(
     settings = settings.model_copy(update={"slice_batch": fitted})
     if settings.mode == "per-series":
         sub = _unshuffle_to_batch(padded.unsqueeze(1), stride).squeeze(1)
-        out = _shuffle_from_batch(_denoise_per_series(sub, settings, device, None).unsqueeze(1), stride)
+        out = _shuffle_from_batch(_denoise_per_series(sub, settings, device).unsqueeze(1), stride)
         out = out.squeeze(1)
         if progress:
             progress(noisy.shape[0])
@@ -365,10 +365,11 @@ def _held_out_split(slices: int, early_stop: bool) -> tuple[list[int], list[int]
     return [k for k in range(slices) if k not in held_out], held_out
 
 
-def _denoise_per_series(
-    slices: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None
-) -> Tensor:
-    """One network pair for the whole series, trained on random slices, applied to all."""
+def _denoise_per_series(slices: Tensor, settings: N2DSettings, device: torch.device) -> Tensor:
+    """One network pair for the whole series, trained on random slices, applied to all.
+
+    The caller reports progress: ``slices`` may be pixel-unshuffled sub-images, not slices.
+    """
     volume = slices.unsqueeze(1)  # (S, 1, H, W): slices are samples of one network
     sampler = torch.Generator().manual_seed(settings.seed)
     draw = functools.partial(
@@ -396,8 +397,6 @@ def _denoise_per_series(
     chunks = list(torch.split(volume, settings.slice_batch))
     d1 = [first_estimate(f, c, settings.precision) for c in chunks]
     if settings.pipeline == "stage1":
-        if progress:
-            progress(volume.shape[0])
         return torch.cat(d1).squeeze(1)
     d2 = torch.cat([refine(f, c, e, settings.precision) for c, e in zip(chunks, d1)])
     g = train(
@@ -408,9 +407,7 @@ def _denoise_per_series(
         device,
         early_stop(d2, volume),
     )
-    outputs = []
-    for chunk in torch.split(d2, settings.slice_batch):
-        outputs.append(restore_detail(g, chunk, settings.precision))
-        if progress:
-            progress(chunk.shape[0])
+    outputs = [
+        restore_detail(g, chunk, settings.precision) for chunk in torch.split(d2, settings.slice_batch)
+    ]
     return torch.cat(outputs).squeeze(1)

@@ -28,11 +28,9 @@ CORRELATED_FROM = 0.2
 
 def lag_correlations(slices: Tensor, max_lag: int = MAX_STRIDE) -> list[float]:
     """Estimated noise correlation at lags ``1..max_lag`` (rows and columns pooled) of ``(S, H, W)``."""
-    x = slices.float().unsqueeze(1)
-    padded = F.pad(x, (BOX // 2,) * 4, mode="reflect")
-    residual = (x - F.avg_pool2d(padded, BOX, stride=1)).squeeze(1)
-    energy = F.avg_pool2d(F.pad(residual.unsqueeze(1) ** 2, (BOX // 2,) * 4, mode="reflect"), BOX, stride=1)
-    energy = energy.squeeze(1)
+    x = slices.float()
+    residual = x - _box_mean(x)
+    energy = _box_mean(residual**2)
     active = energy > 0
     if not active.any():
         return [0.0] * max_lag
@@ -47,6 +45,12 @@ def lag_correlations(slices: Tensor, max_lag: int = MAX_STRIDE) -> list[float]:
         down = (r[:, lag:, :] * r[:, :-lag, :]).sum() / (r[:, lag:, :] ** 2).sum().clamp_min(1e-12)
         correlations.append(float(across + down) / 2)
     return correlations
+
+
+def _box_mean(slices: Tensor) -> Tensor:
+    """Mean over the ``BOX x BOX`` neighbourhood of every pixel of ``(S, H, W)`` (edges reflected)."""
+    padded = F.pad(slices.unsqueeze(1), (BOX // 2,) * 4, mode="reflect")
+    return F.avg_pool2d(padded, BOX, stride=1).squeeze(1)
 
 
 def decorrelating_stride(slices: Tensor) -> int:

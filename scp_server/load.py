@@ -162,7 +162,7 @@ def run_load(plan: LoadPlan) -> LoadFigures:
             time.sleep(0.2)
     finally:
         receiver.shutdown()  # type: ignore[attr-defined]
-    done = [s for s, arrivals in timeline.delivered.items() if len(arrivals) >= plan.slices]
+    done = _complete(timeline, plan.slices)
     finished = max((max(timeline.delivered[s]) for s in done), default=time.time())
     instances = plan.series * plan.slices
     return LoadFigures(
@@ -179,10 +179,14 @@ def run_load(plan: LoadPlan) -> LoadFigures:
     )
 
 
-def _all_delivered(timeline: Timeline, plan: LoadPlan) -> bool:
+def _complete(timeline: Timeline, slices: int) -> list[str]:
+    """Source series whose derived instances have all arrived."""
     with timeline.lock:
-        full = [s for s, arrivals in timeline.delivered.items() if len(arrivals) >= plan.slices]
-    return len(full) >= plan.series
+        return [s for s, arrivals in timeline.delivered.items() if len(arrivals) >= slices]
+
+
+def _all_delivered(timeline: Timeline, plan: LoadPlan) -> bool:
+    return len(_complete(timeline, plan.slices)) >= plan.series
 
 
 def _node_runs(status_url: str | None) -> RunLatencies | None:

@@ -125,8 +125,9 @@ class Outbox:
         """Claim every pending file nobody is sending and try it once more, ``attempts`` associations each."""
         results: list[SendResult] = []
         for destination, paths in self.claim(owner, claim_s).items():
-            present = [p for p in paths if p.is_file()]
-            missing = [SendResult(p, _uid_of(p), None, MISSING) for p in paths if not p.is_file()]
+            on_disk = {p: p.is_file() for p in paths}
+            present = [p for p in paths if on_disk[p]]
+            missing = [SendResult(p, _uid_of(p), None, MISSING) for p in paths if not on_disk[p]]
             self._refuse_missing(missing, destination)
             results.extend(missing)
             if present:

@@ -141,15 +141,17 @@ class Node:
         return Handler
 
 
-def attach_worker(settings: NodeSettings, stores: Stores, jobs: Jobs) -> None:
-    """Make this process run the jobs it takes from the queue, on the configured device and threads.
+def run_workers(settings: NodeSettings, stores: Stores, jobs: Jobs, count: int) -> None:
+    """Run ``count`` worker threads on the queue, on the configured device and threads, until a signal.
 
-    Two processes that each spin up a thread per core on the same cores slow each
-    other down many times over, so workers sharing a machine set ``threads``.
+    huey handles SIGINT (the jobs in hand finish) and SIGTERM. Two processes that
+    each spin up a thread per core on the same cores slow each other down many
+    times over, so workers sharing a machine set ``threads``.
     """
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     jobs.processor = SeriesProcessor(settings, stores, resolve_device(settings.device))
+    jobs.queue.create_consumer(workers=count, worker_type="thread", periodic=False).run()
 
 
 def serve(settings: NodeSettings) -> None:
@@ -162,10 +164,7 @@ def serve(settings: NodeSettings) -> None:
     node.start()
     try:
         if settings.workers:
-            attach_worker(settings, node.stores, node.jobs)
-            node.jobs.queue.create_consumer(
-                workers=settings.workers, worker_type="thread", periodic=False
-            ).run()
+            run_workers(settings, node.stores, node.jobs, settings.workers)
         else:
             wait_for_signal()
     finally:
@@ -177,11 +176,8 @@ def work(settings: NodeSettings) -> None:
     """Run ``settings.workers`` (at least one) worker threads on the queue until SIGINT or SIGTERM."""
     stores = Stores.open(settings)
     jobs = Jobs(make_queue(settings))
-    attach_worker(settings, stores, jobs)
     try:
-        jobs.queue.create_consumer(
-            workers=max(1, settings.workers), worker_type="thread", periodic=False
-        ).run()
+        run_workers(settings, stores, jobs, max(1, settings.workers))
     finally:
         stores.close()
         log.info("worker stopped")

@@ -80,29 +80,29 @@ class SeriesProcessor:
         )
 
     def _process(self, series_uid: str, run: int) -> None:
-        files = self.stores.spool.series_files(series_uid)
+        instances = self.stores.spool.series_instances(series_uid)
+        files = [path for _, path in instances]
         calling = self.stores.spool.calling_aet(series_uid)
         header = pydicom.dcmread(files[0], stop_before_pixels=True)
         route = route_for(self.settings, header, calling)
         if route is not None:
             self._denoise_and_queue(series_uid, run, files, route)
         elif self.settings.forward_unmatched:
-            self._forward_unchanged(series_uid, run)
+            self._forward_unchanged(series_uid, run, instances)
         else:
             log.info("series %s run %d from %s: no route matches, not processed", series_uid, run, calling)
             return
         self.deliver_outbox()
 
-    def _forward_unchanged(self, series_uid: str, run: int) -> None:
+    def _forward_unchanged(self, series_uid: str, run: int, instances: list[tuple[str, Path]]) -> None:
         """Queue the received files themselves for every ``forward_unmatched`` destination."""
-        items = self.stores.spool.series_instances(series_uid)
         for destination in self.settings.forward_unmatched:
-            self.stores.outbox.add(items, destination, series_uid)
+            self.stores.outbox.add(instances, destination, series_uid)
         log.info(
             "series %s run %d: no route matches, %d instances forwarded unchanged",
             series_uid,
             run,
-            len(items),
+            len(instances),
         )
 
     def _denoise_and_queue(self, series_uid: str, run: int, files: list[Path], route: Route) -> None:
