@@ -94,7 +94,7 @@ def node_status(stores: Stores, queue: Huey, errors: int = 10) -> NodeStatus:
             for uid, run, owner, started in tracker.in_flight()
         ],
         outbox=outbox.counts(),
-        quarantined=len(stores.spool.quarantined()),
+        quarantined=stores.spool.quarantine_count(),
         last_errors=sorted(failures, key=lambda failure: -failure.when)[:errors],
         recent_runs=run_latencies(tracker.recent_runs(RECENT_RUNS)),
     )

@@ -162,6 +162,12 @@ class Spool:
             rows = self._db.execute("SELECT path, reason FROM quarantine ORDER BY id").fetchall()
         return [(self.root / path, reason) for path, reason in rows]
 
+    def quarantine_count(self) -> int:
+        """How many instances are quarantined (what ``/metrics`` and ``n2d status`` report)."""
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()
+        return int(count)
+
     def remove_series(self, series_instance_uid: str) -> int:
         """Delete a series' files and index rows (retention); returns how many instances went."""
         files = self.series_files(series_instance_uid)

@@ -82,9 +82,11 @@ def test_purge_deletes_quarantine_and_refused_deliveries(stores):
     quarantined = stores.spool.quarantine(b"junk", "undecodable", "CT01")
     received_and_done(stores, "1.2")
     derived(stores, "1.2", 0xA900)
+    assert stores.spool.quarantine_count() == 1
     assert purge(stores, quarantine=True, refused=False, older_than_s=3600) == (0, 0)
     assert purge(stores, quarantine=True, refused=True, older_than_s=0) == (1, 1)
     assert not quarantined.exists() and stores.spool.quarantined() == []
+    assert stores.spool.quarantine_count() == 0
     assert stores.outbox.counts() == {}
 
 
