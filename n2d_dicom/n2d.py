@@ -33,7 +33,7 @@ from torch import Tensor
 
 from n2d_dicom.devices import fit_slice_batch, free_memory
 from n2d_dicom.model import StackedDenoiser
-from n2d_dicom.noise import decorrelating_stride
+from n2d_dicom.noise import decorrelating_stride, keep_structure
 from n2d_dicom.settings import N2DSettings
 
 #: Images are padded to a multiple of this (the largest pixel-unshuffle factor).
@@ -283,7 +283,8 @@ def denoise_slices(
             progress(noisy.shape[0])
     else:
         out = _denoise_per_slice(padded, settings, device, progress, stride)
-    return out[:, :h, :w].cpu()
+    out = out[:, :h, :w].cpu()
+    return out if stride == 1 else keep_structure(noisy.float().cpu(), out)
 
 
 def sampling_stride(noisy: Tensor, settings: N2DSettings) -> int:

@@ -7,7 +7,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from n2d_dicom.bench import real_crop
 from n2d_dicom.n2d import denoise_slices, sampling_stride
-from n2d_dicom.noise import decorrelating_stride, lag_correlations
+from n2d_dicom.noise import decorrelating_stride, keep_structure, lag_correlations
 from n2d_dicom.phantom import add_noise, ellipsoid_phantom
 from n2d_dicom.settings import N2DSettings
 
@@ -59,3 +59,26 @@ def test_decorrelated_n2d_removes_correlated_noise_the_paper_pipeline_keeps():
 
     assert psnr(auto) > psnr(paper) + 3
     assert auto.shape == x.shape
+
+
+def test_structure_the_denoiser_removed_is_put_back_and_noise_it_removed_is_not(clean):
+    truth = torch.from_numpy(clean).float()
+    x = noisy(clean, "correlated").float()
+    unclipped = (truth > 0.1) & (truth < 0.9)
+
+    def error(image, where):
+        return float((image - truth)[where].square().mean())
+
+    # A perfect denoiser removed noise only: its output stays (almost) as it is.
+    kept = keep_structure(x, truth)
+    assert error(kept, unclipped) < 0.02 * error(x, unclipped)
+
+    # A denoiser that also erased the bright skull: there the noisy pixels come back.
+    erased = truth.masked_fill(truth > 0.6, 0.25)
+    guarded = keep_structure(x, erased)
+    skull = (erased - truth).abs() > 0.3
+    assert skull.any()
+    assert error(guarded, skull) < 0.2 * error(erased, skull)
+    near_skull = torch.nn.functional.max_pool2d(skull.float(), 9, stride=1, padding=4) > 0
+    assert error(guarded, ~near_skull) < 0.02 * error(x, ~near_skull)  # beyond the 7x7 box: as it was
+    assert torch.equal(keep_structure(x, torch.zeros_like(x)), torch.zeros_like(x))  # all clipped
