@@ -161,14 +161,12 @@ def nlm_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
 
 
 def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
-    (
-        """The methods compared on ``case``; per-series only where there is a series.
+    """The methods compared on ``case``; per-series only where there is a series.
 
     The N2D rows are the paper's pipeline (``noise="white"``) except "noise auto",
-    which samples the image at the stride its measured noise correlation asks for.
+    which samples the image at the stride its measured noise correlation asks for,
+    and "Anscombe", which denoises after the generalised Anscombe transform.
     """
-        ""
-    )
     paper = N2DSettings(iterations=plan.iterations, noise="white")
     chosen: dict[str, Denoiser] = {
         "BM3D (sigma estimated)": bm3d_method,
@@ -176,6 +174,7 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
         "stage 1 only (ZS-N2N)": n2d_method(paper.model_copy(update={"pipeline": "stage1"})),
         "N2D per-slice": n2d_method(paper),
         "N2D per-slice, noise auto": n2d_method(paper.model_copy(update={"noise": "auto"})),
+        "N2D per-slice, Anscombe": n2d_method(paper.model_copy(update={"anscombe": "on"})),
     }
     if case.clean.shape[0] > 1:
         chosen["N2D per-series"] = n2d_method(paper.model_copy(update={"mode": "per-series"}))

@@ -23,7 +23,7 @@ from n2d_dicom.derive import TransferSyntaxName as TransferSyntax
 from n2d_dicom.devices import resolve_device
 from n2d_dicom.errors import N2DInputError
 from n2d_dicom.nifti_io import default_slice_axis, denoise_nifti, read_nifti, slice_count
-from n2d_dicom.settings import Mode, N2DSettings, Noise, Pipeline, Precision
+from n2d_dicom.settings import Anscombe, Mode, N2DSettings, Noise, Pipeline, Precision
 
 if TYPE_CHECKING:  # the node's modules load only for the node's commands
     from scp_server.config import NodeSettings
@@ -48,6 +48,13 @@ EarlyStopOption = Annotated[
 NoiseOption = Annotated[
     Noise,
     typer.Option(help="auto (measure), white (the paper's pipeline) or correlated (CT-kernel noise)."),
+]
+AnscombeOption = Annotated[
+    Anscombe,
+    typer.Option(
+        help="Signal-dependent noise: on (generalised Anscombe transform fitted on the image), "
+        "auto (only where the noise measures signal-dependent) or off."
+    ),
 ]
 
 
@@ -83,6 +90,7 @@ def denoise(
     precision: Annotated[Precision, typer.Option(help="fp32, tf32 or bf16 (GPU).")] = "fp32",
     slice_batch: SliceBatchOption = 8,
     noise: NoiseOption = "auto",
+    anscombe: AnscombeOption = "off",
     early_stop: EarlyStopOption = True,
     progress: ProgressOption = True,
 ) -> None:
@@ -96,6 +104,7 @@ def denoise(
             precision=precision,
             slice_batch=slice_batch,
             noise=noise,
+            anscombe=anscombe,
             early_stop=early_stop,
         )
     )
@@ -127,6 +136,7 @@ def denoise_dicom(
     seed: SeedOption = 0,
     slice_batch: SliceBatchOption = 8,
     noise: NoiseOption = "auto",
+    anscombe: AnscombeOption = "off",
     early_stop: EarlyStopOption = True,
     uid_root: Annotated[str | None, typer.Option(help="Root for new UIDs, ending in '.'.")] = None,
     series_number_offset: Annotated[int, typer.Option(help="Added to the source Series Number.")] = 1000,
@@ -152,6 +162,7 @@ def denoise_dicom(
             seed=seed,
             slice_batch=slice_batch,
             noise=noise,
+            anscombe=anscombe,
             early_stop=early_stop,
         )
     )

@@ -35,6 +35,7 @@ from n2d_dicom.devices import fit_slice_batch, free_memory
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.noise import decorrelating_stride, keep_structure
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.variance import stabiliser_for
 
 #: Images are padded to a multiple of this (the largest pixel-unshuffle factor).
 SIDE_MULTIPLE = 4
@@ -269,6 +270,16 @@ def denoise_slices(
     """
     if noisy.ndim != 3:
         raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
+    stabiliser = stabiliser_for(noisy, settings.anscombe)
+    if stabiliser is None:
+        return _denoise_stabilised(noisy, settings, device, progress)
+    return stabiliser.inverse(_denoise_stabilised(stabiliser.forward(noisy), settings, device, progress))
+
+
+def _denoise_stabilised(
+    noisy: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None
+) -> Tensor:
+    """:func:`denoise_slices` on noise whose variance does not depend on the signal."""
     stride = sampling_stride(noisy, settings)
     padded, h, w = pad_to_multiple(noisy.to(device=device, dtype=torch.float32), SIDE_MULTIPLE * stride)
     fitted = fit_slice_batch(

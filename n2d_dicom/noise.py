@@ -42,8 +42,8 @@ UNCLIPPED = (0.02, 0.98)
 def lag_correlations(slices: Tensor, max_lag: int = MAX_STRIDE) -> list[float]:
     """Estimated noise correlation at lags ``1..max_lag`` (rows and columns pooled) of ``(S, H, W)``."""
     x = slices.float()
-    residual = x - _box_mean(x)
-    energy = _box_mean(residual**2)
+    residual = x - box_mean(x)
+    energy = box_mean(residual**2)
     active = energy > 0
     if not active.any():
         return [0.0] * max_lag
@@ -60,7 +60,7 @@ def lag_correlations(slices: Tensor, max_lag: int = MAX_STRIDE) -> list[float]:
     return correlations
 
 
-def _box_mean(slices: Tensor) -> Tensor:
+def box_mean(slices: Tensor) -> Tensor:
     """Mean over the ``BOX x BOX`` neighbourhood of every pixel of ``(S, H, W)`` (edges reflected)."""
     padded = F.pad(slices.unsqueeze(1), (BOX // 2,) * 4, mode="reflect")
     return F.avg_pool2d(padded, BOX, stride=1).squeeze(1)
@@ -97,9 +97,9 @@ def keep_structure(noisy: Tensor, denoised: Tensor) -> Tensor:
     crops, where nothing was blurred, moved by under +0.1 dB.
     """
     residual = noisy.float() - denoised.float()
-    energy = _box_mean(residual**2)
-    local_mean = _box_mean(denoised.float())
-    roughness = _box_mean((denoised.float() - local_mean) ** 2)
+    energy = box_mean(residual**2)
+    local_mean = box_mean(denoised.float())
+    roughness = box_mean((denoised.float() - local_mean) ** 2)
     unclipped = (local_mean > UNCLIPPED[0]) & (local_mean < UNCLIPPED[1])
     if not unclipped.any():
         return denoised

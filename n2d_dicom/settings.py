@@ -14,6 +14,7 @@ Mode = Literal["per-slice", "per-series"]
 Pipeline = Literal["n2d", "stage1"]
 Precision = Literal["fp32", "tf32", "bf16"]
 Noise = Literal["auto", "white", "correlated"]
+Anscombe = Literal["off", "on", "auto"]
 
 
 class N2DSettings(BaseModel):
@@ -38,6 +39,13 @@ class N2DSettings(BaseModel):
         "(a CT reconstruction kernel): N2D runs on pixel-unshuffled sub-images whose pixels are far "
         "enough apart for their noise to be independent (the spacing is measured on the image, at "
         "least 2). auto: measure, and use the paper's pipeline where the noise is white.",
+    )
+    anscombe: Anscombe = Field(
+        "off",
+        description="Signal-dependent (Poisson-Gaussian) noise: on: denoise after the generalised "
+        "Anscombe transform, fitted to the noise measured on the image (its variance against "
+        "intensity), and map back with the unbiased inverse. auto: only where the variance measures "
+        "at least 2x higher in the brightest areas than in the darkest. off: as the paper.",
     )
     iterations: int = Field(2000, ge=1, le=100_000, description="Adam steps for each of the two networks.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")

@@ -17,6 +17,7 @@ def test_benchmark_prints_one_table_row_per_method_and_case():
         "stage 1 only (ZS-N2N)",
         "N2D per-slice",
         "N2D per-slice, noise auto",
+        "N2D per-slice, Anscombe",
         "N2D per-series",
     ]
     assert lines[1] == "| case | method | PSNR dB | SSIM | seconds | peak MB |"
@@ -29,7 +30,12 @@ def test_benchmark_prints_one_table_row_per_method_and_case():
 def test_real_ct_and_mr_cases_have_no_series_mode():
     lines: list[str] = []
     results = run_benchmark(TINY, torch.device("cpu"), ["CT head, poisson"], ["N2D"], lines.append)
-    assert [r.method for r in results] == ["noisy input", "N2D per-slice", "N2D per-slice, noise auto"]
+    assert [r.method for r in results] == [
+        "noisy input",
+        "N2D per-slice",
+        "N2D per-slice, noise auto",
+        "N2D per-slice, Anscombe",
+    ]
     assert results[0].case == "CT head, poisson"
 
 
