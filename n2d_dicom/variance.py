@@ -10,9 +10,10 @@ IEEE TIP 2011 and 2013) maps the result back without the bias a plain algebraic
 inverse leaves at low counts.
 
 The noise-level line is fitted on the image itself: the residual of a 7x7 box
-mean, in the flatter half of each of :data:`BINS` intensity bins, gives one
-variance per bin. Areas touching the image's minimum or maximum (clipped values,
-zero counts) are left out, as their variance is not the noise's.
+mean, where the image is flatter than its median (edges left out), binned by
+local mean into :data:`BINS` intensity bins, gives one variance per bin. Areas
+touching the image's minimum or maximum (clipped values, zero counts) are left
+out, as their variance there is not the noise's.
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ BINS = 16
 #: for ``auto`` to call the noise signal-dependent (white Gaussian measures about 1, Poisson from
 #: 0.2 to 0.9 of the peak about 4.5).
 DEPENDENT_FROM = 2.0
+#: The narrowest intensity range (of [0, 1]) over which noise may be called signal-dependent.
+MIN_SPAN = 0.3
+#: Boxes with more than this share of pixels at the image's minimum or maximum are left out (one
+#: such pixel in a 7x7 box is allowed: Gaussian noise 2 sigma from a clipped end clips 2% of pixels).
+MAX_EXTREME = 1.5 / BOX**2
 #: Fewer measurable pixels than this, and the noise is taken as it is.
-MIN_PIXELS = 4 * BINS * BOX * BOX
+MIN_PIXELS = 64 * BINS
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,11 @@ class NoiseLevel:
 
     @property
     def signal_dependent(self) -> bool:
-        """True when the variance grows by :data:`DEPENDENT_FROM` or more over the measured range."""
+        """True when the variance grows by :data:`DEPENDENT_FROM` or more over a measured range of
+        :data:`MIN_SPAN` or more (a narrow range, e.g. one tissue next to clipped air, proves nothing)."""
         dark = self.variance(self.darkest)
-        return self.gain > 0 and self.variance(self.brightest) >= DEPENDENT_FROM * max(dark, 1e-12)
+        grows = self.variance(self.brightest) >= DEPENDENT_FROM * max(dark, 1e-12)
+        return self.gain > 0 and grows and self.brightest - self.darkest >= MIN_SPAN
 
 
 def noise_level(slices: Tensor) -> NoiseLevel | None:
@@ -68,10 +76,11 @@ def noise_level(slices: Tensor) -> NoiseLevel | None:
     energy = box_mean(residual**2) * (BOX * BOX) / (BOX * BOX - 1)  # unbiased for white noise
     extreme = ((x <= x.min()) | (x >= x.max())).float()
     gradient = _gradient_energy(local_mean)
-    usable = (energy > 0) & (box_mean(extreme) == 0)
-    if int(usable.sum()) < MIN_PIXELS:
+    usable = (energy > 0) & (box_mean(extreme) <= MAX_EXTREME)
+    if int(usable.sum()) < 2 * MIN_PIXELS:  # the flatter half must leave MIN_PIXELS
         return None
-    means, variances = _binned_variances(local_mean[usable], energy[usable], gradient[usable])
+    flat = usable & (gradient <= gradient[usable].median())
+    means, variances = _binned_variances(local_mean[flat], energy[flat])
     gain, floor = _fit_line(means, variances)
     return NoiseLevel(gain, floor, float(means.min()), float(means.max()))
 
@@ -84,15 +93,13 @@ def _gradient_energy(image: Tensor) -> Tensor:
     return across**2 + down**2
 
 
-def _binned_variances(means: Tensor, energy: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor]:
-    """Median intensity and noise variance of each intensity bin, from its flatter half."""
+def _binned_variances(means: Tensor, energy: Tensor) -> tuple[Tensor, Tensor]:
+    """Median intensity and median noise variance of each of :data:`BINS` equally full intensity bins."""
     order = torch.argsort(means)
-    centres, variances = [], []
-    for chunk in torch.tensor_split(order, BINS):
-        flat = chunk[gradient[chunk] <= gradient[chunk].median()]
-        centres.append(means[flat].median())
-        variances.append(energy[flat].median())
-    return torch.stack(centres).double(), torch.stack(variances).double()
+    chunks = torch.tensor_split(order, BINS)
+    centres = torch.stack([means[chunk].median() for chunk in chunks])
+    variances = torch.stack([energy[chunk].median() for chunk in chunks])
+    return centres.double(), variances.double()
 
 
 def _fit_line(means: Tensor, variances: Tensor) -> tuple[float, float]:

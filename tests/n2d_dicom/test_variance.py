@@ -27,13 +27,19 @@ def test_poisson_noise_measures_as_growing_with_intensity(mr):
     level = noise_level(noisy(mr, "poisson"))
     assert level is not None and level.signal_dependent
     assert level.gain == pytest.approx(POISSON_GAIN, rel=0.2)
-    assert level.floor < 0.1 * SIGMA**2
+    assert level.floor < 0.2 * SIGMA**2
 
 
 def test_white_gaussian_noise_measures_as_constant(mr):
     level = noise_level(noisy(mr, "gaussian"))
     assert level is not None and not level.signal_dependent
     assert level.variance(0.5) == pytest.approx(SIGMA**2, rel=0.25)
+
+
+def test_a_narrow_intensity_range_proves_no_signal_dependence():
+    assert not NoiseLevel(gain=0.04, floor=0.0, darkest=0.2, brightest=0.4).signal_dependent
+    assert NoiseLevel(gain=0.04, floor=0.0, darkest=0.2, brightest=0.6).signal_dependent
+    assert not NoiseLevel(gain=0.001, floor=0.01, darkest=0.1, brightest=0.9).signal_dependent
 
 
 def test_too_little_unclipped_image_gives_no_measurement():
