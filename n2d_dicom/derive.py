@@ -140,7 +140,8 @@ def derivation_description(provenance: Provenance) -> str:
     return (
         f"Noise2Detail self-supervised denoising (n2d-dicom {__version__}): {n2d.mode} mode, "
         f"{n2d.pipeline} pipeline, {n2d.iterations} iterations, seed {n2d.seed}, "
-        f"{n2d.channels} channels, {n2d.precision} on {provenance.device}"
+        f"{n2d.channels} channels, noise {n2d.noise}, Anscombe {n2d.anscombe}, "
+        f"{n2d.precision} on {provenance.device}"
     )
 
 
@@ -299,6 +300,8 @@ def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance
     block.add_new(0x07, "LO", pixel_hash(source))
     block.add_new(0x08, "FD", float(provenance.seconds))
     block.add_new(0x09, "CS", n2d.pipeline.upper())
+    block.add_new(0x0A, "CS", n2d.noise.upper())
+    block.add_new(0x0B, "CS", n2d.anscombe.upper())
 
 
 def _file_meta(derived: Dataset, settings: DerivationSettings) -> FileMetaDataset:

@@ -122,6 +122,7 @@ def test_provenance_is_recorded(ct_series, tmp_path):
         assert block[0x05].value == "cpu"
         assert block[0x07].value == hashlib.sha256(source.PixelData).hexdigest()
         assert block[0x08].value > 0
+        assert block[0x0A].value == "AUTO" and block[0x0B].value == "OFF"  # noise, anscombe settings
 
 
 def test_uid_root_and_labels_are_configurable(ct_series, tmp_path):
