@@ -263,6 +263,11 @@ def denoise_slices(
 ) -> Tensor:
     """Denoise ``(S, H, W)`` float slices scaled to [0, 1]; returns the same shape on CPU.
 
+    ``settings.anscombe`` may first stabilise signal-dependent noise
+    (:mod:`n2d_dicom.variance`); ``settings.noise`` picks the sampling stride, and
+    with a stride above 1 structure the decorrelated output removed is put back
+    (:mod:`n2d_dicom.noise`).
+
     ``settings.slice_batch`` is an upper bound: fewer slices go together when the
     device's free memory would not hold them (see :func:`fit_slice_batch`).
 
