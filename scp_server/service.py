@@ -5,7 +5,9 @@ indexes any file a crash left unindexed, the queue is emptied and every series
 the tracker holds as queued is queued again (the tracker, not the queue, is the
 source of truth; a job queued twice runs once), and only then does the SCP
 accept associations. Runs whose worker died are found by the poller (expired
-lease, or a dead process of this host) and queued again.
+lease, or a dead process of this host) and queued again, and so are runs queued
+for longer than ``job_lease_s`` whose job is no longer in the queue (a worker
+that died between taking the job from the queue and starting it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from scp_server.operations import NodeStatus, apply_retention, node_status
 from scp_server.scp import start_scp
 from scp_server.stores import Stores
 from scp_server.tasks import Jobs, SeriesProcessor, make_queue
+from scp_server.tracker import DueSeries
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class Node:
         """Queue complete series and abandoned runs as they appear; retry the outbox; apply retention."""
         tracker = self.stores.tracker
         next_retry = time.monotonic() + self.settings.outbox_retry_s
-        next_sweep = time.monotonic()
+        next_sweep = next_lost_check = time.monotonic()
         while not self._stop.wait(POLL_INTERVAL_S):
             for due in tracker.claim_due():
                 log.info("series %s run %d: complete, queued", due.series_instance_uid, due.run)
@@ -105,6 +108,9 @@ class Node:
                     "series %s run %d: its worker is gone, queued again", due.series_instance_uid, due.run
                 )
                 self.jobs.process_series(due.series_instance_uid, due.run)
+            if time.monotonic() >= next_lost_check:
+                next_lost_check = time.monotonic() + self.settings.job_lease_s
+                self.requeue_lost_jobs()
             if time.monotonic() >= next_retry:
                 next_retry = time.monotonic() + self.settings.outbox_retry_s
                 if self.stores.outbox.pending_count():
@@ -114,6 +120,27 @@ class Node:
                 purged = apply_retention(self.stores, self.settings.retention_hours * 3600)
                 if purged:
                     log.info("retention: spool data of %d delivered series deleted", purged)
+
+    def requeue_lost_jobs(self) -> list[DueSeries]:
+        """Queue again the runs queued ``job_lease_s`` ago or earlier whose job the queue no longer holds.
+
+        A job taken from the queue by a worker that died before it started the run is in
+        neither the queue nor the tracker's ``processing`` state. A job that is merely
+        waiting behind others is left alone; one queued twice runs once.
+        """
+        stale = self.stores.tracker.queued_longer_than(self.settings.job_lease_s)
+        if not stale:
+            return []
+        waiting = self.jobs.waiting_runs()
+        lost = [due for due in stale if (due.series_instance_uid, due.run) not in waiting]
+        for due in lost:
+            log.warning(
+                "series %s run %d: its job left the queue unstarted, queued again",
+                due.series_instance_uid,
+                due.run,
+            )
+            self.jobs.process_series(due.series_instance_uid, due.run)
+        return lost
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
         metrics, status = self.metrics, self.status

@@ -154,6 +154,14 @@ class Jobs:
         self.process_series = queue.task(name="process_series")(self._process_series)
         self.deliver_outbox = queue.task(name="deliver_outbox")(self._deliver_outbox)
 
+    def waiting_runs(self) -> set[tuple[str, int]]:
+        """``(series, run)`` of every series job still waiting in the queue."""
+        return {
+            (str(task.args[0]), int(task.args[1]))
+            for task in self.queue.pending()
+            if task.name == "process_series"
+        }
+
     def _worker(self) -> SeriesProcessor:
         if self.processor is None:
             raise RuntimeError("this process only enqueues; jobs run in a worker")

@@ -221,6 +221,15 @@ class SeriesTracker:
         """Series claimed but not taken by a worker: what a restarted node queues again."""
         return [DueSeries(uid, run) for uid, run, *_ in self._select("queued")]
 
+    def queued_longer_than(self, seconds: float) -> list[DueSeries]:
+        """Runs queued ``seconds`` ago or earlier and still not taken by a worker."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_instance_uid, run FROM series WHERE state = 'queued' AND queued_at <= ?",
+                (self._clock() - seconds,),
+            ).fetchall()
+        return [DueSeries(str(uid), int(run)) for uid, run in rows]
+
     def in_flight(self) -> list[tuple[str, int, str, float]]:
         """``(series, run, owner, started_at)`` of every run a worker holds now."""
         return [(uid, run, owner, started) for uid, run, owner, started, *_ in self._select("processing")]

@@ -177,3 +177,16 @@ def test_finished_runs_give_their_timings_and_can_be_purged(tracker, clock):
     assert tracker.state("1.2.3") == ("purged", 1)
     tracker.instance_received("1.2.3", "late")
     assert tracker.state("1.2.3") == ("receiving", 2)
+
+
+def test_runs_queued_long_ago_and_not_taken_are_listed(tracker, clock):
+    tracker.instance_received("1.2.3", "assoc-1")
+    tracker.instance_received("4.5.6", "assoc-1")
+    tracker.association_released("assoc-1")
+    clock.now += 10
+    tracker.claim_due()
+    clock.now += 59
+    assert tracker.queued_longer_than(60) == []
+    clock.now += 1
+    assert tracker.start("4.5.6", 1, "host:1:a", lease_s=60)
+    assert tracker.queued_longer_than(60) == [DueSeries("1.2.3", 1)]
