@@ -56,6 +56,14 @@ AnscombeOption = Annotated[
         "auto (only where the noise measures signal-dependent) or off."
     ),
 ]
+NlmBlendOption = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Weight of non-local means averaged into the output where the noise is white; 0: N2D alone.",
+    ),
+]
 
 
 def fail(message: str) -> NoReturn:
@@ -91,6 +99,7 @@ def denoise(
     slice_batch: SliceBatchOption = 8,
     noise: NoiseOption = "auto",
     anscombe: AnscombeOption = "off",
+    nlm_blend: NlmBlendOption = 0.5,
     early_stop: EarlyStopOption = True,
     progress: ProgressOption = True,
 ) -> None:
@@ -105,6 +114,7 @@ def denoise(
             slice_batch=slice_batch,
             noise=noise,
             anscombe=anscombe,
+            nlm_blend=nlm_blend,
             early_stop=early_stop,
         )
     )
@@ -137,6 +147,7 @@ def denoise_dicom(
     slice_batch: SliceBatchOption = 8,
     noise: NoiseOption = "auto",
     anscombe: AnscombeOption = "off",
+    nlm_blend: NlmBlendOption = 0.5,
     early_stop: EarlyStopOption = True,
     uid_root: Annotated[str | None, typer.Option(help="Root for new UIDs, ending in '.'.")] = None,
     series_number_offset: Annotated[int, typer.Option(help="Added to the source Series Number.")] = 1000,
@@ -163,6 +174,7 @@ def denoise_dicom(
             slice_batch=slice_batch,
             noise=noise,
             anscombe=anscombe,
+            nlm_blend=nlm_blend,
             early_stop=early_stop,
         )
     )
@@ -237,7 +249,8 @@ def bench(
             perf_plan = replace(perf_plan, volume_slices=volume_slices)
         if iterations is not None:
             perf_plan = replace(perf_plan, iterations=iterations)
-        settings = N2DSettings(precision=precision, iterations=iterations or 2000)
+        # N2D alone: the non-local means blend is CPU work outside the networks, timed in README.
+        settings = N2DSettings(precision=precision, iterations=iterations or 2000, nlm_blend=0)
         guarded(lambda: run_perf(perf_plan, torch_device, settings, typer.echo))
         return
     from n2d_dicom.bench import BenchPlan, run_benchmark  # heavy optional imports

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from n2d_dicom.devices import fit_slice_batch, free_memory
 from n2d_dicom.model import StackedDenoiser
+from n2d_dicom.nlm import blend_nlm
 from n2d_dicom.noise import decorrelating_stride, keep_structure
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.variance import stabiliser_for
@@ -264,9 +265,10 @@ def denoise_slices(
     """Denoise ``(S, H, W)`` float slices scaled to [0, 1]; returns the same shape on CPU.
 
     ``settings.anscombe`` may first stabilise signal-dependent noise
-    (:mod:`n2d_dicom.variance`); ``settings.noise`` picks the sampling stride, and
-    with a stride above 1 structure the decorrelated output removed is put back
-    (:mod:`n2d_dicom.noise`).
+    (:mod:`n2d_dicom.variance`); ``settings.noise`` picks the sampling stride. With
+    stride 1 (white noise) a non-local means estimate is blended in
+    (``settings.nlm_blend``, :mod:`n2d_dicom.nlm`); with a stride above 1 structure the
+    decorrelated output removed is put back (:mod:`n2d_dicom.noise`).
 
     ``settings.slice_batch`` is an upper bound: fewer slices go together when the
     device's free memory would not hold them (see :func:`fit_slice_batch`).
@@ -300,7 +302,9 @@ def _denoise_stabilised(
     else:
         out = _denoise_per_slice(padded, settings, device, progress, stride)
     out = out[:, :h, :w].cpu()
-    return out if stride == 1 else keep_structure(noisy.float().cpu(), out)
+    if stride == 1:
+        return blend_nlm(noisy.float().cpu(), out, settings.nlm_blend)
+    return keep_structure(noisy.float().cpu(), out)
 
 
 def sampling_stride(noisy: Tensor, settings: N2DSettings) -> int:

@@ -47,6 +47,14 @@ class N2DSettings(BaseModel):
         "intensity), and map back with the unbiased inverse. auto: only where the variance measures "
         "at least 2x higher in the brightest areas than in the darkest. off: as the paper.",
     )
+    nlm_blend: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Weight of a non-local means estimate (scikit-image, h = 0.8 x the noise sigma "
+        "estimated per slice) averaged into the output where the noise is white (sampling stride 1); "
+        "it averages pixels N2D's 5x5 view cannot. 0: N2D alone, as the paper.",
+    )
     iterations: int = Field(2000, ge=1, le=100_000, description="Adam steps for each of the two networks.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")
     channels: int = Field(48, ge=4, le=512, description="Hidden channels of each network.")

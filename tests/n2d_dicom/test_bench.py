@@ -18,6 +18,7 @@ def test_benchmark_prints_one_table_row_per_method_and_case():
         "N2D per-slice",
         "N2D per-slice, noise auto",
         "N2D per-slice, Anscombe",
+        "N2D per-slice, defaults",
         "N2D per-series",
     ]
     assert lines[1] == "| case | method | PSNR dB | SSIM | seconds | peak MB |"
@@ -35,6 +36,7 @@ def test_real_ct_and_mr_cases_have_no_series_mode():
         "N2D per-slice",
         "N2D per-slice, noise auto",
         "N2D per-slice, Anscombe",
+        "N2D per-slice, defaults",
     ]
     assert results[0].case == "CT head, poisson"
 

@@ -1,0 +1,48 @@
+"""Non-local means, blended into N2D's output where the noise is white."""
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio
+
+from n2d_dicom.bench import real_crop
+from n2d_dicom.n2d import denoise_slices
+from n2d_dicom.nlm import blend_nlm, nlm_estimate
+from n2d_dicom.phantom import add_noise
+from n2d_dicom.settings import N2DSettings
+
+
+@pytest.fixture(scope="module")
+def mr():
+    return real_crop("MR-SIEMENS-DICOM-WithOverlays.dcm", 96)  # a real MR slice
+
+
+def psnr(clean, image):
+    return peak_signal_noise_ratio(clean, image.numpy().astype(np.float64), data_range=1)
+
+
+def test_non_local_means_denoises_white_noise_slice_by_slice(mr):
+    noisy = torch.from_numpy(add_noise(np.concatenate([mr, mr[:, ::-1]]), "gaussian", seed=2)).float()
+    estimate = nlm_estimate(noisy)
+    assert estimate.shape == noisy.shape and estimate.dtype == torch.float32
+    clean = np.concatenate([mr, mr[:, ::-1]])
+    assert psnr(clean, estimate) > psnr(clean, noisy) + 4
+
+
+def test_weight_zero_is_n2d_alone():
+    denoised = torch.rand(1, 16, 16)
+    assert blend_nlm(torch.rand(1, 16, 16), denoised, 0.0) is denoised
+
+
+def test_the_blend_improves_n2d_on_white_noise_and_is_not_used_on_correlated_noise(mr):
+    settings = N2DSettings(iterations=150, channels=16)
+    alone = settings.model_copy(update={"nlm_blend": 0.0})
+    white = torch.from_numpy(add_noise(mr, "gaussian", seed=4)).float()
+    blended = denoise_slices(white, settings, torch.device("cpu"))
+    assert psnr(mr, blended) > psnr(mr, denoise_slices(white, alone, torch.device("cpu"))) + 0.3
+
+    correlated = torch.from_numpy(add_noise(mr, "correlated", seed=4)).float()
+    assert torch.equal(
+        denoise_slices(correlated, settings, torch.device("cpu")),
+        denoise_slices(correlated, alone, torch.device("cpu")),
+    )
