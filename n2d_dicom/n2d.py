@@ -228,15 +228,21 @@ def first_estimate(net: StackedDenoiser, noisy: Tensor, precision: str) -> Tenso
         return _denoise_residual(net, noisy).clamp(0, 1)
 
 
-def refine(net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: str) -> Tensor:
-    """Stage 2: average ``d1`` with the pixel-unshuffle refinements at factors 2 and 4."""
+def refine(
+    net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: str, nlm_weight: float = 0.0
+) -> Tensor:
+    """Stage 2: average ``d1`` with the pixel-unshuffle refinements at factors 2 and 4.
+
+    With ``nlm_weight > 0`` a non-local means estimate of every image of ``noisy`` joins
+    the smooth intermediate with that weight (see :mod:`n2d_dicom.nlm`).
+    """
     estimates = [d1]
     with torch.inference_mode(), _precision(noisy.device, precision):
         for factor in REFINE_FACTORS:
             sub = _denoise_residual(net, _unshuffle_to_batch(noisy, factor))
             full = _shuffle_from_batch(sub, factor)
             estimates.append(_denoise_residual(net, full).clamp(0, 1))
-    return torch.stack(estimates).mean(dim=0)
+    return blend_nlm(noisy, torch.stack(estimates).mean(dim=0), nlm_weight)
 
 
 def restore_detail(net: StackedDenoiser, smooth: Tensor, precision: str) -> Tensor:
@@ -266,9 +272,9 @@ def denoise_slices(
 
     ``settings.anscombe`` may first stabilise signal-dependent noise
     (:mod:`n2d_dicom.variance`); ``settings.noise`` picks the sampling stride. With
-    stride 1 (white noise) a non-local means estimate is blended in
-    (``settings.nlm_blend``, :mod:`n2d_dicom.nlm`); with a stride above 1 structure the
-    decorrelated output removed is put back (:mod:`n2d_dicom.noise`).
+    stride 1 (white noise) a non-local means estimate joins stage 2's smooth
+    intermediate (``settings.nlm_blend``, :mod:`n2d_dicom.nlm`); with a stride above 1
+    structure the decorrelated output removed is put back (:mod:`n2d_dicom.noise`).
 
     ``settings.slice_batch`` is an upper bound: fewer slices go together when the
     device's free memory would not hold them (see :func:`fit_slice_batch`).
@@ -292,7 +298,9 @@ def _denoise_stabilised(
     fitted = fit_slice_batch(
         settings.slice_batch, padded.shape[1], padded.shape[2], settings.channels, free_memory(device)
     )
-    settings = settings.model_copy(update={"slice_batch": fitted})
+    # Non-local means assumes white noise: not for the sub-images of correlated noise.
+    nlm_blend = settings.nlm_blend if stride == 1 else 0.0
+    settings = settings.model_copy(update={"slice_batch": fitted, "nlm_blend": nlm_blend})
     if settings.mode == "per-series":
         sub = _unshuffle_to_batch(padded.unsqueeze(1), stride).squeeze(1)
         out = _shuffle_from_batch(_denoise_per_series(sub, settings, device).unsqueeze(1), stride)
@@ -302,9 +310,7 @@ def _denoise_stabilised(
     else:
         out = _denoise_per_slice(padded, settings, device, progress, stride)
     out = out[:, :h, :w].cpu()
-    if stride == 1:
-        return blend_nlm(noisy.float().cpu(), out, settings.nlm_blend)
-    return keep_structure(noisy.float().cpu(), out)
+    return out if stride == 1 else keep_structure(noisy.float().cpu(), out)
 
 
 def sampling_stride(noisy: Tensor, settings: N2DSettings) -> int:
@@ -350,7 +356,7 @@ def _run_stages(
     d1 = first_estimate(f, noisy, settings.precision)
     if settings.pipeline == "stage1":
         return d1
-    d2 = refine(f, noisy, d1, settings.precision)
+    d2 = refine(f, noisy, d1, settings.precision, settings.nlm_blend)
     g_seeds = [s + DETAIL_SEED_OFFSET for s in seeds]
     g = train(new_networks(g_seeds, settings, device), stage3_loss, lambda: (d2, noisy), settings, device)
     return restore_detail(g, d2, settings.precision)
@@ -419,7 +425,7 @@ def _denoise_per_series(slices: Tensor, settings: N2DSettings, device: torch.dev
     d1 = [first_estimate(f, c, settings.precision) for c in chunks]
     if settings.pipeline == "stage1":
         return torch.cat(d1).squeeze(1)
-    d2 = torch.cat([refine(f, c, e, settings.precision) for c, e in zip(chunks, d1)])
+    d2 = torch.cat([refine(f, c, e, settings.precision, settings.nlm_blend) for c, e in zip(chunks, d1)])
     g = train(
         new_networks([settings.seed + DETAIL_SEED_OFFSET], settings, device),
         stage3_loss,

@@ -29,9 +29,11 @@ def test_non_local_means_denoises_white_noise_slice_by_slice(mr):
     assert psnr(clean, estimate) > psnr(clean, noisy) + 4
 
 
-def test_weight_zero_is_n2d_alone():
-    denoised = torch.rand(1, 16, 16)
-    assert blend_nlm(torch.rand(1, 16, 16), denoised, 0.0) is denoised
+def test_the_blend_weighs_the_estimate_image_by_image():
+    noisy, denoised = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    assert blend_nlm(noisy, denoised, 0.0) is denoised  # N2D alone
+    estimate = nlm_estimate(noisy.reshape(6, 16, 16)).reshape(2, 3, 16, 16)
+    torch.testing.assert_close(blend_nlm(noisy, denoised, 0.25), 0.75 * denoised + 0.25 * estimate)
 
 
 def test_the_blend_improves_n2d_on_white_noise_and_is_not_used_on_correlated_noise(mr):
