@@ -271,10 +271,11 @@ def denoise_slices(
     """Denoise ``(S, H, W)`` float slices scaled to [0, 1]; returns the same shape on CPU.
 
     ``settings.anscombe`` may first stabilise signal-dependent noise
-    (:mod:`n2d_dicom.variance`); ``settings.noise`` picks the sampling stride. With
-    stride 1 (white noise) a non-local means estimate joins stage 2's smooth
-    intermediate (``settings.nlm_blend``, :mod:`n2d_dicom.nlm`); with a stride above 1
-    structure the decorrelated output removed is put back (:mod:`n2d_dicom.noise`).
+    (:mod:`n2d_dicom.variance`); ``settings.noise`` picks the sampling stride, at which
+    the noise of the (sub-)images N2D sees is white; a non-local means estimate of them
+    joins stage 2's smooth intermediate (``settings.nlm_blend``, :mod:`n2d_dicom.nlm`);
+    with a stride above 1 structure the decorrelated output removed is put back
+    (:mod:`n2d_dicom.noise`).
 
     ``settings.slice_batch`` is an upper bound: fewer slices go together when the
     device's free memory would not hold them (see :func:`fit_slice_batch`).
@@ -298,9 +299,7 @@ def _denoise_stabilised(
     fitted = fit_slice_batch(
         settings.slice_batch, padded.shape[1], padded.shape[2], settings.channels, free_memory(device)
     )
-    # Non-local means assumes white noise: not for the sub-images of correlated noise.
-    nlm_blend = settings.nlm_blend if stride == 1 else 0.0
-    settings = settings.model_copy(update={"slice_batch": fitted, "nlm_blend": nlm_blend})
+    settings = settings.model_copy(update={"slice_batch": fitted})
     if settings.mode == "per-series":
         sub = _unshuffle_to_batch(padded.unsqueeze(1), stride).squeeze(1)
         out = _shuffle_from_batch(_denoise_per_series(sub, settings, device).unsqueeze(1), stride)

@@ -1,14 +1,14 @@
-"""A non-local means estimate, averaged into N2D's smooth intermediate where the noise is white.
+"""A non-local means estimate, averaged into N2D's smooth intermediate.
 
 N2D's networks see 5x5 pixels; non-local means compares 5x5 patches over a
 13x13 search window, so it averages pixels N2D cannot see together, and the two
 make different errors. Their average is a better smooth intermediate ``d2``,
-from which stage 3 then restores detail. On the benchmark's real CT and MR
-slices with white Gaussian and Poisson noise this beat averaging the two final
-outputs in PSNR and SSIM alike (README, "Beyond the paper"). Non-local means
-needs the noise level: it is estimated per slice from the wavelet detail
-coefficients (scikit-image's ``estimate_sigma``), which assumes white noise,
-hence white noise only.
+from which stage 3 then restores detail. It runs on the images stage 2 sees: the
+slices for white noise, the decorrelated sub-images for correlated noise, so its
+noise is white either way, as the sigma estimate (wavelet detail coefficients,
+scikit-image's ``estimate_sigma``) and the patch comparison assume. Measured on
+the benchmark (README, "Beyond the paper"): better than averaging the two final
+outputs on the real CT and MR slices, in PSNR and SSIM alike.
 """
 
 from __future__ import annotations

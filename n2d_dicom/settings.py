@@ -52,9 +52,9 @@ class N2DSettings(BaseModel):
         ge=0,
         le=1,
         description="Weight of a non-local means estimate (scikit-image, h = 0.8 x the noise sigma "
-        "estimated per slice) in stage 2's smooth intermediate, from which stage 3 restores detail, "
-        "where the noise is white (sampling stride 1); it averages pixels N2D's 5x5 view cannot. "
-        "0: N2D alone, as the paper.",
+        "estimated per image) in stage 2's smooth intermediate, from which stage 3 restores detail; "
+        "it averages pixels N2D's 5x5 view cannot. It runs on the images stage 2 sees (slices, or "
+        "the decorrelated sub-images of correlated noise). 0: N2D alone, as the paper.",
     )
     iterations: int = Field(2000, ge=1, le=100_000, description="Adam steps for each of the two networks.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")
