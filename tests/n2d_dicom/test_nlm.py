@@ -42,4 +42,4 @@ def test_non_local_means_in_stage_two_improves_n2d(mr, noise):
     x = torch.from_numpy(add_noise(mr, noise, seed=4)).float()
     blended = denoise_slices(x, settings, torch.device("cpu"))
     alone = denoise_slices(x, settings.model_copy(update={"nlm_blend": 0.0}), torch.device("cpu"))
-    assert psnr(mr, blended) > psnr(mr, alone) + 0.3
+    assert psnr(mr, blended) > psnr(mr, alone) + 0.15  # measured: +0.32 white, +0.45 correlated
