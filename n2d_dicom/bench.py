@@ -159,7 +159,7 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     The N2D rows are the paper's pipeline (``noise="white"``) except "noise auto",
     which samples the image at the stride its measured noise correlation asks for,
     "Anscombe", which denoises after the generalised Anscombe transform, and "defaults",
-    the node's defaults (noise auto, and non-local means blended in where the noise is white).
+    the node's defaults (noise auto, and non-local means in stage 2's smooth intermediate).
     """
     paper = N2DSettings(iterations=plan.iterations, noise="white", nlm_blend=0)
     chosen: dict[str, Denoiser] = {

@@ -47,7 +47,7 @@ EarlyStopOption = Annotated[
 ]
 NoiseOption = Annotated[
     Noise,
-    typer.Option(help="auto (measure), white (the paper's pipeline) or correlated (CT-kernel noise)."),
+    typer.Option(help="auto (measure), white (the paper's sampling) or correlated (CT-kernel noise)."),
 ]
 AnscombeOption = Annotated[
     Anscombe,
@@ -61,7 +61,7 @@ NlmBlendOption = Annotated[
     typer.Option(
         min=0.0,
         max=1.0,
-        help="Weight of non-local means averaged into the output where the noise is white; 0: N2D alone.",
+        help="Weight of non-local means in stage 2's smooth intermediate; 0: N2D alone.",
     ),
 ]
 

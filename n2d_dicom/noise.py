@@ -96,10 +96,10 @@ def keep_structure(noisy: Tensor, denoised: Tensor) -> Tensor:
     (edges blurred away) into 23.1 dB (noisy 21.8 dB), while the real CT and MR
     crops, where nothing was blurred, moved by under +0.1 dB.
     """
-    residual = noisy.float() - denoised.float()
-    energy = box_mean(residual**2)
-    local_mean = box_mean(denoised.float())
-    roughness = box_mean((denoised.float() - local_mean) ** 2)
+    estimate = denoised.float()
+    energy = box_mean((noisy.float() - estimate) ** 2)
+    local_mean = box_mean(estimate)
+    roughness = box_mean((estimate - local_mean) ** 2)
     unclipped = (local_mean > UNCLIPPED[0]) & (local_mean < UNCLIPPED[1])
     if not unclipped.any():
         return denoised

@@ -35,10 +35,11 @@ class N2DSettings(BaseModel):
     )
     noise: Noise = Field(
         "auto",
-        description="white: the paper's pipeline. correlated: noise spread over neighbouring pixels "
+        description="white: sample every pixel, as the paper (with nlm_blend 0: the paper's pipeline). "
+        "correlated: noise spread over neighbouring pixels "
         "(a CT reconstruction kernel): N2D runs on pixel-unshuffled sub-images whose pixels are far "
         "enough apart for their noise to be independent (the spacing is measured on the image, at "
-        "least 2). auto: measure, and use the paper's pipeline where the noise is white.",
+        "least 2). auto: measure, and sample as the paper does (stride 1) where the noise is white.",
     )
     anscombe: Anscombe = Field(
         "off",

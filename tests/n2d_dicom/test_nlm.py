@@ -1,4 +1,4 @@
-"""Non-local means, blended into N2D's output where the noise is white."""
+"""Non-local means, averaged into N2D's stage-2 smooth intermediate."""
 
 import numpy as np
 import pytest
