@@ -161,7 +161,7 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     "Anscombe", which denoises after the generalised Anscombe transform, and "defaults",
     the node's defaults (noise auto, and non-local means in stage 2's smooth intermediate).
     """
-    paper = N2DSettings(iterations=plan.iterations, noise="white", nlm_blend=0)
+    paper = N2DSettings(iterations=plan.iterations, noise="white", nlm_blend=0, wiener=False)
     chosen: dict[str, Denoiser] = {
         "BM3D (sigma estimated)": bm3d_method,
         "NLM (scikit-image)": nlm_method,

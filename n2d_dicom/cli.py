@@ -65,6 +65,11 @@ NlmBlendOption = Annotated[
     ),
 ]
 
+WienerOption = Annotated[
+    bool,
+    typer.Option(help="Last step: Wiener filter in 16x16 DCT windows with N2D's output as pilot."),
+]
+
 
 def fail(message: str) -> NoReturn:
     """One line on stderr, exit status 1."""
@@ -100,6 +105,7 @@ def denoise(
     noise: NoiseOption = "auto",
     anscombe: AnscombeOption = "off",
     nlm_blend: NlmBlendOption = 0.5,
+    wiener: WienerOption = True,
     early_stop: EarlyStopOption = True,
     progress: ProgressOption = True,
 ) -> None:
@@ -115,6 +121,7 @@ def denoise(
             noise=noise,
             anscombe=anscombe,
             nlm_blend=nlm_blend,
+            wiener=wiener,
             early_stop=early_stop,
         )
     )
@@ -148,6 +155,7 @@ def denoise_dicom(
     noise: NoiseOption = "auto",
     anscombe: AnscombeOption = "off",
     nlm_blend: NlmBlendOption = 0.5,
+    wiener: WienerOption = True,
     early_stop: EarlyStopOption = True,
     uid_root: Annotated[str | None, typer.Option(help="Root for new UIDs, ending in '.'.")] = None,
     series_number_offset: Annotated[int, typer.Option(help="Added to the source Series Number.")] = 1000,
@@ -175,6 +183,7 @@ def denoise_dicom(
             noise=noise,
             anscombe=anscombe,
             nlm_blend=nlm_blend,
+            wiener=wiener,
             early_stop=early_stop,
         )
     )
@@ -249,8 +258,8 @@ def bench(
             perf_plan = replace(perf_plan, volume_slices=volume_slices)
         if iterations is not None:
             perf_plan = replace(perf_plan, iterations=iterations)
-        # N2D alone: the non-local means blend is CPU work outside the networks, timed in README.
-        settings = N2DSettings(precision=precision, iterations=iterations or 2000, nlm_blend=0)
+        # N2D alone: non-local means and the Wiener step run outside the networks, timed in README.
+        settings = N2DSettings(precision=precision, iterations=iterations or 2000, nlm_blend=0, wiener=False)
         guarded(lambda: run_perf(perf_plan, torch_device, settings, typer.echo))
         return
     from n2d_dicom.bench import BenchPlan, run_benchmark  # heavy optional imports

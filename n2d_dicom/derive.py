@@ -141,7 +141,7 @@ def derivation_description(provenance: Provenance) -> str:
         f"Noise2Detail self-supervised denoising (n2d-dicom {__version__}): {n2d.mode} mode, "
         f"{n2d.pipeline} pipeline, {n2d.iterations} iterations, seed {n2d.seed}, "
         f"{n2d.channels} channels, noise {n2d.noise}, Anscombe {n2d.anscombe}, "
-        f"non-local means weight {n2d.nlm_blend:g}, "
+        f"non-local means weight {n2d.nlm_blend:g}, Wiener {'on' if n2d.wiener else 'off'}, "
         f"{n2d.precision} on {provenance.device}"
     )
 
@@ -304,6 +304,7 @@ def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance
     block.add_new(0x0A, "CS", n2d.noise.upper())
     block.add_new(0x0B, "CS", n2d.anscombe.upper())
     block.add_new(0x0C, "FD", float(n2d.nlm_blend))
+    block.add_new(0x0D, "CS", "ON" if n2d.wiener else "OFF")
 
 
 def _file_meta(derived: Dataset, settings: DerivationSettings) -> FileMetaDataset:

@@ -37,6 +37,7 @@ from n2d_dicom.nlm import blend_nlm
 from n2d_dicom.noise import decorrelating_stride, keep_structure
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.variance import stabiliser_for
+from n2d_dicom.wiener import wiener_refine
 
 #: Images are padded to a multiple of this (the largest pixel-unshuffle factor).
 SIDE_MULTIPLE = 4
@@ -275,7 +276,8 @@ def denoise_slices(
     the noise of the (sub-)images N2D sees is white; a non-local means estimate of them
     joins stage 2's smooth intermediate (``settings.nlm_blend``, :mod:`n2d_dicom.nlm`);
     with a stride above 1 structure the decorrelated output removed is put back
-    (:mod:`n2d_dicom.noise`).
+    (:mod:`n2d_dicom.noise`); last, an empirical Wiener filter with the output as its pilot
+    (``settings.wiener``, :mod:`n2d_dicom.wiener`).
 
     ``settings.slice_batch`` is an upper bound: fewer slices go together when the
     device's free memory would not hold them (see :func:`fit_slice_batch`).
@@ -308,8 +310,12 @@ def _denoise_stabilised(
             progress(noisy.shape[0])
     else:
         out = _denoise_per_slice(padded, settings, device, progress, stride)
-    out = out[:, :h, :w].cpu()
-    return out if stride == 1 else keep_structure(noisy.float().cpu(), out)
+    out = out[:, :h, :w]
+    if stride > 1:
+        out = keep_structure(noisy.to(out.device, torch.float32), out)
+    if settings.wiener:
+        out = wiener_refine(noisy, out, white=stride == 1)
+    return out.cpu()
 
 
 def sampling_stride(noisy: Tensor, settings: N2DSettings) -> int:

@@ -5,8 +5,8 @@ N2D's networks see 5x5 pixels; non-local means compares 5x5 patches over a
 make different errors. Their average is a better smooth intermediate ``d2``,
 from which stage 3 then restores detail. It runs on the images stage 2 sees: the
 slices for white noise, the decorrelated sub-images for correlated noise, so its
-noise is white either way, as the sigma estimate (wavelet detail coefficients,
-scikit-image's ``estimate_sigma``) and the patch comparison assume. Measured on
+noise is white either way, as the sigma estimate (:func:`n2d_dicom.noise.noise_sigma`)
+and the patch comparison assume. Measured on
 the benchmark (README, "Beyond the paper"): better than averaging the two final
 outputs on the real CT and MR slices, in PSNR and SSIM alike.
 """
@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from torch import Tensor
+
+from n2d_dicom.noise import noise_sigma
 
 #: Filter strength, as a multiple of the estimated noise sigma.
 STRENGTH = 0.8
@@ -43,9 +45,9 @@ def nlm_estimate(slices: Tensor) -> Tensor:
 
 
 def _nlm(image: np.ndarray) -> np.ndarray:
-    from skimage.restoration import denoise_nl_means, estimate_sigma
+    from skimage.restoration import denoise_nl_means
 
-    sigma = float(estimate_sigma(image))
+    sigma = float(noise_sigma(torch.from_numpy(image)))
     return np.asarray(
         denoise_nl_means(
             image,

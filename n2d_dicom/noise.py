@@ -20,6 +20,7 @@ noise can, and the noisy pixels are kept.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -37,6 +38,27 @@ CORRELATED_FROM = 0.2
 STRUCTURE_FROM, STRUCTURE_AT = 3.0, 6.0
 #: Local means outside this range are treated as clipped (the residual there is not the noise).
 UNCLIPPED = (0.02, 0.98)
+#: The median of ``|x|`` for a standard normal ``x``: a median absolute value over this is a sigma.
+NORMAL_MAD = 0.6745
+
+
+def noise_sigma(image: Tensor) -> Tensor:
+    """The sigma of white noise in the 2-D ``image``, from its finest diagonal Haar detail (Donoho).
+
+    Every 2x2 block gives ``(a - b - c + d) / 2``, which white noise of sigma ``s`` leaves with
+    sigma ``s`` and smooth signal with almost nothing; the median absolute value over the image,
+    divided by :data:`NORMAL_MAD`, is the robust estimate of wavelet shrinkage (and of
+    scikit-image's ``estimate_sigma``, without its PyWavelets dependency). Details of exactly 0
+    are left out, as there: they come from constant blocks (clipped values, zero counts), whose
+    noise is not the image's; counted, the zero background of a Poisson phantom measured 0.
+    """
+    h, w = image.shape[-2] // 2 * 2, image.shape[-1] // 2 * 2
+    x = image[..., :h, :w].double()
+    detail = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
+    detail = detail[detail != 0].abs()
+    if detail.numel() == 0:
+        return torch.zeros((), dtype=torch.float32)
+    return (detail.median() / NORMAL_MAD).to(torch.float32)
 
 
 def lag_correlations(slices: Tensor, max_lag: int = MAX_STRIDE) -> list[float]:

@@ -35,7 +35,8 @@ class N2DSettings(BaseModel):
     )
     noise: Noise = Field(
         "auto",
-        description="white: sample every pixel, as the paper (with nlm_blend 0: the paper's pipeline). "
+        description="white: sample every pixel, as the paper (with nlm_blend 0 and wiener false: the "
+        "paper's pipeline). "
         "correlated: noise spread over neighbouring pixels "
         "(a CT reconstruction kernel): N2D runs on pixel-unshuffled sub-images whose pixels are far "
         "enough apart for their noise to be independent (the spacing is measured on the image, at "
@@ -56,6 +57,13 @@ class N2DSettings(BaseModel):
         "estimated per image) in stage 2's smooth intermediate, from which stage 3 restores detail; "
         "it averages pixels N2D's 5x5 view cannot. It runs on the images stage 2 sees (slices, or "
         "the decorrelated sub-images of correlated noise). 0: N2D alone, as the paper.",
+    )
+    wiener: bool = Field(
+        True,
+        description="A last step: the empirical Wiener filter of BM3D's second step, in sliding "
+        "16x16 DCT windows, with N2D's output as its pilot (n2d_dicom/wiener.py): each noisy "
+        "coefficient is shrunk by how much of it N2D's output says is signal. The noise variance "
+        "is measured on the image (per frequency where the noise is correlated). false: N2D alone.",
     )
     iterations: int = Field(2000, ge=1, le=100_000, description="Adam steps for each of the two networks.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")

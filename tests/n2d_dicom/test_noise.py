@@ -1,4 +1,4 @@
-"""Measuring the noise's spatial correlation on the image, and N2D on decorrelated sub-images."""
+"""Measuring the noise (sigma, spatial correlation) on the image, and N2D on decorrelated sub-images."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from n2d_dicom.bench import real_crop
 from n2d_dicom.n2d import denoise_slices, sampling_stride
-from n2d_dicom.noise import decorrelating_stride, keep_structure, lag_correlations
+from n2d_dicom.noise import decorrelating_stride, keep_structure, lag_correlations, noise_sigma
 from n2d_dicom.phantom import add_noise, ellipsoid_phantom
 from n2d_dicom.settings import N2DSettings
 
@@ -82,3 +82,17 @@ def test_structure_the_denoiser_removed_is_put_back_and_noise_it_removed_is_not(
     near_skull = torch.nn.functional.max_pool2d(skull.float(), 9, stride=1, padding=4) > 0
     assert error(guarded, ~near_skull) < 0.02 * error(x, ~near_skull)  # beyond the 7x7 box: as it was
     assert torch.equal(keep_structure(x, torch.zeros_like(x)), torch.zeros_like(x))  # all clipped
+
+
+def test_noise_sigma_measures_white_noise_on_a_real_slice():
+    mr = real_crop("MR-SIEMENS-DICOM-WithOverlays.dcm", 96)[0]
+    for sigma in (0.02, 0.1):
+        noisy = mr + np.random.default_rng(5).normal(0, sigma, mr.shape)
+        assert noise_sigma(torch.from_numpy(noisy)) == pytest.approx(sigma, rel=0.1)
+
+
+def test_noise_sigma_leaves_out_constant_background():
+    image = torch.zeros(64, 64)
+    image[:, :24] = 0.5 + 0.05 * torch.randn(64, 24, generator=torch.Generator().manual_seed(6))
+    assert float(noise_sigma(image)) == pytest.approx(0.05, rel=0.15)
+    assert float(noise_sigma(torch.zeros(16, 16))) == 0.0
