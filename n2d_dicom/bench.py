@@ -156,10 +156,11 @@ def nlm_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
 def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     """The methods compared on ``case``; per-series only where there is a series.
 
-    The N2D rows are the paper's pipeline (``noise="white"``) except "noise auto",
-    which samples the image at the stride its measured noise correlation asks for,
-    "Anscombe", which denoises after the generalised Anscombe transform, and "defaults",
-    the node's defaults (noise auto, and non-local means in stage 2's smooth intermediate).
+    The N2D rows are the paper's pipeline (``noise="white"``, no NLM, no Wiener step) except
+    "noise auto", which samples the image at the stride its measured noise correlation asks
+    for, "Anscombe", which denoises after the generalised Anscombe transform, and "defaults",
+    the node's defaults (noise auto, non-local means in stage 2's smooth intermediate, and the
+    Wiener step).
     """
     paper = N2DSettings(iterations=plan.iterations, noise="white", nlm_blend=0, wiener=False)
     chosen: dict[str, Denoiser] = {

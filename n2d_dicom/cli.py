@@ -67,7 +67,7 @@ NlmBlendOption = Annotated[
 
 WienerOption = Annotated[
     bool,
-    typer.Option(help="Last step: Wiener filter in 16x16 DCT windows with N2D's output as pilot."),
+    typer.Option(help="Last step: Wiener filter in sliding DCT windows with N2D's output as pilot."),
 ]
 
 

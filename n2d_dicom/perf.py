@@ -5,7 +5,9 @@ one network pair per slice, float32, no batching (``slice_batch=1``). Against it
 on the same device and the same noisy phantom slices, the batched per-slice mode
 (many slices' networks trained side by side as grouped convolutions) and the
 per-series mode (one network pair for the volume, trained on random crops). A
-CT-sized volume is then denoised per-series to show what a series costs.
+CT-sized volume is then denoised per-series to show what a series costs, and the
+steps outside the networks (non-local means, the Wiener step) are timed per
+slice of that volume's size.
 
 Each figure is the median of ``repeats`` runs. Work is counted analytically (the
 convolutions' multiply-adds, forward and backward) and reported as achieved FLOP/s
@@ -26,8 +28,10 @@ import torch
 
 from n2d_dicom.bench import peak_memory
 from n2d_dicom.n2d import HELD_OUT_EVERY, REFINE_FACTORS, denoise_slices
+from n2d_dicom.nlm import nlm_estimate
 from n2d_dicom.phantom import add_noise, ellipsoid_phantom
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.wiener import RISK_SLICES, wiener_refine
 
 #: Forward passes of a training step per input pixel: the image and its two quarter-size downsamples.
 TRAIN_PIXELS_PER_STEP = 1.5
@@ -197,6 +201,32 @@ def perf_rows(
     return rows
 
 
+def classical_steps(device: torch.device, slices: int, side: int, repeats: int) -> dict[str, float]:
+    """Median seconds per ``side x side`` slice of the steps outside the networks, on ``slices`` slices.
+
+    The Wiener step is timed as the node runs it on white noise: its window side chosen by risk on
+    the slices, then applied, with the non-local means estimate standing in for N2D's output.
+    """
+    clean = ellipsoid_phantom(slices, side, supersample=1)
+    noisy = torch.from_numpy(add_noise(clean, "gaussian", seed=2).astype(np.float32))
+    pilot = nlm_estimate(noisy).float()
+    steps: dict[str, Callable[[], object]] = {
+        "non-local means (stage 2, CPU threads)": lambda: nlm_estimate(noisy),
+        "Wiener step (white noise, side chosen)": lambda: wiener_refine(noisy, pilot.to(device), white=True),
+    }
+    medians = {}
+    for name, step in steps.items():
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - started)
+        medians[name] = statistics.median(seconds) / slices
+    return medians
+
+
 def format_perf_row(row: PerfRow, reference: PerfRow | None, device: torch.device, precision: str) -> str:
     """A Markdown table row; the speed-up is in slices per second against ``reference``."""
     rate = row.slices / row.seconds
@@ -222,4 +252,11 @@ def run_perf(
     )
     echo("| volume | method | seconds | slices/s | vs reference | PSNR dB | peak MB | GFLOP/s | of peak |")
     echo("|---|---|---|---|---|---|---|---|---|")
-    return perf_rows(plan, device, settings, echo)
+    rows = perf_rows(plan, device, settings, echo)
+    slices, side = min(RISK_SLICES, plan.volume_slices), plan.volume_side
+    echo("")
+    echo(f"| step outside the networks ({slices} slices) | seconds per {side}x{side} slice |")
+    echo("|---|---|")
+    for name, seconds in classical_steps(device, slices, side, plan.repeats).items():
+        echo(f"| {name} | {seconds:.3f} |")
+    return rows

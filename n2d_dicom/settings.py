@@ -61,9 +61,11 @@ class N2DSettings(BaseModel):
     wiener: bool = Field(
         True,
         description="A last step: the empirical Wiener filter of BM3D's second step, in sliding "
-        "16x16 DCT windows, with N2D's output as its pilot (n2d_dicom/wiener.py): each noisy "
+        "DCT windows, with N2D's output as its pilot (n2d_dicom/wiener.py): each noisy "
         "coefficient is shrunk by how much of it N2D's output says is signal. The noise variance "
-        "is measured on the image (per frequency where the noise is correlated). false: N2D alone.",
+        "is measured on the image (by intensity, or per frequency where the noise is correlated); "
+        "the window side (8, 16 or 24) is chosen per series by Stein's unbiased risk estimate. "
+        "false: N2D alone.",
     )
     iterations: int = Field(2000, ge=1, le=100_000, description="Adam steps for each of the two networks.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")

@@ -39,7 +39,8 @@ def test_perf_prints_every_row_with_the_reference_as_one(cpu):
         "per-series, fp32",
     ]
     assert lines[3].split(" | ")[4] == "1.00x"  # the reference against itself
-    assert len(lines) == 3 + 4 and all(row.seconds > 0 and row.flops > 0 for row in rows)
+    assert len(lines) == 3 + 4 + 5 and all(row.seconds > 0 and row.flops > 0 for row in rows)
+    assert lines[-1].startswith("| Wiener step") and float(lines[-1].split(" | ")[1].rstrip(" |")) > 0
 
 
 def test_bench_perf_command_runs(tmp_path):
@@ -50,7 +51,8 @@ def test_bench_perf_command_runs(tmp_path):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    assert run.stdout.count("\n| ") == 5  # header row, 3 comparison rows, the volume
+    # header row, 3 comparison rows, the volume; header row and 2 rows of the steps outside the networks
+    assert run.stdout.count("\n| ") == 5 + 3
 
 
 def test_flops_are_an_upper_bound_only_where_early_stopping_can_cut_training():
