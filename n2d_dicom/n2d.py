@@ -314,7 +314,7 @@ def _denoise_stabilised(
     if stride > 1:
         out = keep_structure(noisy.to(out.device, torch.float32), out)
     if settings.wiener:
-        out = wiener_refine(noisy, out, white=stride == 1)
+        out = wiener_refine(noisy, out, stride)
     return out.cpu()
 
 

@@ -212,7 +212,7 @@ def classical_steps(device: torch.device, slices: int, side: int, repeats: int) 
     pilot = nlm_estimate(noisy).float()
     steps: dict[str, Callable[[], object]] = {
         "non-local means (stage 2, CPU threads)": lambda: nlm_estimate(noisy),
-        "Wiener step (white noise, side chosen)": lambda: wiener_refine(noisy, pilot.to(device), white=True),
+        "Wiener step (white noise, side chosen)": lambda: wiener_refine(noisy, pilot.to(device), stride=1),
     }
     medians = {}
     for name, step in steps.items():

@@ -11,11 +11,13 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from n2d_dicom.bench import real_crop
 from n2d_dicom.n2d import denoise_slices
-from n2d_dicom.phantom import add_noise
+from n2d_dicom.noise import noise_sigma
+from n2d_dicom.phantom import add_noise, binomial_filtered_noise
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.wiener import (
     constant,
     dct_matrix,
+    decorrelated_power,
     residual_spectrum,
     wiener_filter,
     wiener_refine,
@@ -66,7 +68,7 @@ def test_no_noise_keeps_the_image_and_a_zero_pilot_removes_it():
 def test_a_good_pilot_and_the_noise_level_recover_a_real_slice(mr):
     noisy = torch.from_numpy(add_noise(mr, "gaussian", seed=3)).float()
     pilot = F.avg_pool2d(noisy[None], 3, stride=1, padding=1, count_include_pad=False)[0]
-    refined = wiener_refine(noisy, pilot, white=True)
+    refined = wiener_refine(noisy, pilot, stride=1)
     assert refined.shape == noisy.shape and refined.dtype == torch.float32
     # measured: noisy 20.4, 3x3 box mean 29.0, Wiener on it 29.8 dB
     assert psnr(mr, refined) > psnr(mr, pilot) + 0.5
@@ -82,6 +84,13 @@ def test_the_risk_is_unbiased_for_a_pilot_independent_of_the_noise(mr, side):
     inside = (..., slice(side // 2, -(side // 2)), slice(side // 2, -(side // 2)))
     error = float((estimate - clean)[inside].square().mean())
     assert float(risk[inside].mean()) == pytest.approx(error, rel=0.05)  # no clean image needed
+
+
+def test_the_correlated_noise_power_is_measured_on_decorrelated_sub_images(mr):
+    rng = np.random.default_rng(8)
+    noisy = torch.from_numpy(mr + 0.1 * binomial_filtered_noise(rng, mr.shape)).float()
+    assert decorrelated_power(noisy, 3) == pytest.approx(0.01, rel=0.2)  # measured: 0.0113
+    assert noise_sigma(noisy[0]) ** 2 < 0.005  # neighbours share the noise: Haar details miss it
 
 
 def test_the_residual_spectrum_sees_where_correlated_noise_lies():
