@@ -31,7 +31,7 @@ the decorrelated sub-images (:func:`noise_models`). For white noise the residual
 the worse estimate: the pilot keeps some noise, so the residual under-measures it
 (MR abdomen, side 16: 29.73 against 30.22 dB).
 
-On the quick benchmark (README, "Beyond the paper") the step adds +0.6 to +2.6 dB
+On the quick benchmark (README, "Beyond the paper") the step adds +1.0 to +2.6 dB
 to N2D's output and puts it within 1 dB of BM3D, or above it, on every white and
 Poisson case.
 """
