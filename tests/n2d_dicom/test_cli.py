@@ -46,6 +46,18 @@ def test_noise_and_early_stop_options_reach_the_engine(volume, tmp_path):
     assert wrong.returncode != 0 and "pink" in wrong.stderr
 
 
+def test_the_wiener_option_reaches_the_engine(volume, tmp_path):
+    outputs = {}
+    for flag in ("--wiener", "--no-wiener"):
+        out = tmp_path / f"ct{flag}.nii.gz"
+        result = run(
+            "denoise", str(volume), str(out), "--iterations", "3", "--device", "cpu", "--no-progress", flag
+        )
+        assert result.returncode == 0, result.stderr
+        outputs[flag] = np.asarray(nib.load(out).dataobj)
+    assert not np.array_equal(outputs["--wiener"], outputs["--no-wiener"])  # same seed: only the step differs
+
+
 def test_per_series_mode_and_progress_bar(volume, tmp_path):
     out = tmp_path / "ct_n2d.nii"
     result = run(
