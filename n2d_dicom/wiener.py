@@ -111,6 +111,11 @@ def window_sum(coefficients: Tensor, side: int, step: int = 1, squared: bool = F
     )
 
 
+def window_step(side: int) -> int:
+    """Pixels between neighbouring windows of ``side``: every pixel lies in ``WINDOWS_ACROSS^2``."""
+    return max(1, side // WINDOWS_ACROSS)
+
+
 def _pad(images: Tensor, side: int, step: int) -> Tensor:
     """Reflect ``side - 1`` pixels on every edge, so that every pixel lies in as many windows as any
     other, then repeat the last row and column until the windows tile the padded image exactly."""
@@ -138,7 +143,7 @@ def wiener_filter(
     figure is biased, alike for every side: it ranks sides, it does not predict PSNR. Without
     ``risk`` the second tensor is empty.
     """
-    step = max(1, side // WINDOWS_ACROSS)
+    step = window_step(side)
     h, w = noisy.shape[-2:]
     noisy_padded, pilot = _pad(noisy, side, step), _pad(pilot, side, step)
     numerator, weights = torch.zeros_like(noisy_padded), torch.zeros_like(noisy_padded)
@@ -177,7 +182,7 @@ def residual_spectrum(noisy: Tensor, pilot: Tensor, side: int) -> Tensor:
 
     The median over windows, so that structure the pilot left in the residual counts little.
     """
-    step = max(1, side // WINDOWS_ACROSS)
+    step = window_step(side)
     coefficients = window_dct(noisy - pilot, side, step).square().transpose(0, 1).flatten(1)
     return coefficients.median(dim=1).values / CHI2_MEDIAN
 
@@ -233,38 +238,46 @@ def decorrelated_power(slices: Tensor, stride: int) -> float:
     return float(torch.stack(sigmas).median()) ** 2
 
 
-def least_risk_side(noisy: Tensor, pilot: Tensor, model_for: ModelFor) -> int:
+def least_risk_side(noisy: Tensor, pilot: Tensor, model_for: ModelFor) -> tuple[int, dict[int, Tensor]]:
     """The side of :data:`SIDES` with the least summed risk on up to :data:`RISK_SLICES` of the
     ``(S, 1, 1, H, W)`` slices, counted where every side's risk is unbiased; one side for the whole
-    series. Images under ``2 max(SIDES)`` pixels a side take :data:`SMALL_IMAGE_SIDE`."""
+    series. Images under ``2 max(SIDES)`` pixels a side take :data:`SMALL_IMAGE_SIDE`.
+
+    Also returns the estimates at that side of the slices it was chosen on, by slice index, so
+    that they are not filtered twice.
+    """
     margin = max(SIDES) // 2
     shortest = min(noisy.shape[-2:])
     if shortest < 4 * margin:
-        return min(SMALL_IMAGE_SIDE, shortest)
+        return min(SMALL_IMAGE_SIDE, shortest), {}
     sample = torch.linspace(0, len(noisy) - 1, min(len(noisy), RISK_SLICES)).round().long().unique().tolist()
-
-    def series_risk(side: int) -> float:
-        risks = [
-            wiener_filter(noisy[k], pilot[k], model_for(noisy[k], pilot[k], side), side, True)[1]
-            for k in sample
+    trials = {
+        side: [
+            wiener_filter(noisy[k], pilot[k], model_for(noisy[k], pilot[k], side), side, True) for k in sample
         ]
-        return float(torch.cat(risks)[..., margin:-margin, margin:-margin].sum())
-
-    risks = [series_risk(side) for side in SIDES]
+        for side in SIDES
+    }
+    risks = [
+        float(torch.cat([r for _, r in trials[side]])[..., margin:-margin, margin:-margin].sum())
+        for side in SIDES
+    ]
     side = SIDES[risks.index(min(risks))]
     log.debug("wiener: window side %d (risks %s)", side, ", ".join(f"{r:.3g}" for r in risks))
-    return side
+    return side, {k: estimate for k, (estimate, _) in zip(sample, trials[side])}
 
 
 def wiener_refine(noisy: Tensor, pilot: Tensor, stride: int) -> Tensor:
     """``(S, H, W)`` slices in [0, 1] refined by :func:`wiener_filter` with ``pilot`` as the pilot.
 
     ``stride`` is the one N2D sampled the slices at (1: white noise), for :func:`noise_models`;
-    the window side is :func:`least_risk_side`'s. Runs on ``pilot``'s device.
+    the window side is :func:`least_risk_side`'s. Runs on ``pilot``'s device; returns float32.
     """
     noisy = noisy.to(pilot.device, torch.float32)[:, None, None]
     pilot = pilot.float()[:, None, None]
     model_for = noise_models(noisy, stride)
-    side = least_risk_side(noisy, pilot, model_for)
-    outputs = [wiener_filter(y, p, model_for(y, p, side), side)[0][0, 0] for y, p in zip(noisy, pilot)]
-    return torch.stack(outputs).clamp(0, 1).to(pilot.dtype)
+    side, done = least_risk_side(noisy, pilot, model_for)
+    outputs = [
+        done[k] if k in done else wiener_filter(y, p, model_for(y, p, side), side)[0]
+        for k, (y, p) in enumerate(zip(noisy, pilot))
+    ]
+    return torch.cat(outputs)[:, 0].clamp(0, 1)
