@@ -22,9 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from n2d_dicom.bench import peak_memory
 from n2d_dicom.n2d import HELD_OUT_EVERY, REFINE_FACTORS, denoise_slices
@@ -32,6 +34,8 @@ from n2d_dicom.nlm import nlm_estimate
 from n2d_dicom.phantom import add_noise, ellipsoid_phantom
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.wiener import RISK_SLICES, wiener_refine
+
+T = TypeVar("T")
 
 #: Forward passes of a training step per input pixel: the image and its two quarter-size downsamples.
 TRAIN_PIXELS_PER_STEP = 1.5
@@ -128,6 +132,15 @@ def psnr(clean: np.ndarray, estimate: np.ndarray) -> float:
     return 10 * np.log10(float(clean.max() - clean.min()) ** 2 / mse)
 
 
+def timed(run: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """What ``run`` returns, and the seconds it took, the GPU's queued work included."""
+    started = time.perf_counter()
+    result = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - started
+
+
 def measure(
     part: str,
     method: str,
@@ -144,11 +157,10 @@ def measure(
     estimate = clean
     for _ in range(repeats):
         with peak_memory(device) as peak:
-            started = time.perf_counter()
-            estimate = denoise_slices(noisy, settings, device).numpy().astype(np.float64)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds.append(time.perf_counter() - started)
+            estimate, took = timed(
+                lambda: denoise_slices(noisy, settings, device).numpy().astype(np.float64), device
+            )
+        seconds.append(took)
         peaks.append(peak[0])
     median = statistics.median
     return PerfRow(
@@ -210,21 +222,14 @@ def classical_steps(device: torch.device, slices: int, side: int, repeats: int) 
     clean = ellipsoid_phantom(slices, side, supersample=1)
     noisy = torch.from_numpy(add_noise(clean, "gaussian", seed=2).astype(np.float32))
     pilot = nlm_estimate(noisy).float()
-    steps: dict[str, Callable[[], object]] = {
+    steps: dict[str, Callable[[], Tensor]] = {
         "non-local means (stage 2, CPU threads)": lambda: nlm_estimate(noisy),
         "Wiener step (white noise, side chosen)": lambda: wiener_refine(noisy, pilot.to(device), stride=1),
     }
-    medians = {}
-    for name, step in steps.items():
-        seconds = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds.append(time.perf_counter() - started)
-        medians[name] = statistics.median(seconds) / slices
-    return medians
+    return {
+        name: statistics.median(timed(step, device)[1] for _ in range(repeats)) / slices
+        for name, step in steps.items()
+    }
 
 
 def format_perf_row(row: PerfRow, reference: PerfRow | None, device: torch.device, precision: str) -> str:
