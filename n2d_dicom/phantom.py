@@ -14,6 +14,10 @@ SIGMA = 25 / 255
 #: Photon count at intensity 1 for Poisson noise.
 POISSON_PEAK = 30.0
 NOISES = ("gaussian", "poisson", "correlated")
+#: The 1-D binomial kernel that spreads the correlated noise, and the L2 norm of its 2-D outer
+#: product, by which the filtered noise is rescaled to unit variance: 0.375 = 0.25^2 + 0.5^2 + 0.25^2.
+BINOMIAL_TAPS = (0.25, 0.5, 0.25)
+BINOMIAL_NORM = 0.375
 
 
 def ellipsoid_phantom(slices: int, side: int, supersample: int = 4) -> np.ndarray:
@@ -61,6 +65,27 @@ def add_noise(clean: np.ndarray, noise: str, seed: int) -> np.ndarray:
     return np.clip(noisy, 0, 1)
 
 
+def noise_spectrum(noise: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The power spectral density of the named noise on ``shape`` images, as BM3D takes it.
+
+    BM3D's convention: ``|FFT2(k)|^2 * H * W`` for noise that is white noise filtered by ``k``, so
+    that white noise of sigma ``s`` is ``s^2 * H * W`` everywhere. Exact for
+    :func:`binomial_filtered_noise`, whose filtering is periodic. None for Poisson noise, whose
+    variance follows the signal: it has no spectrum of its own.
+    """
+    if noise == "poisson":
+        return None
+    kernel = np.zeros(shape)
+    if noise == "gaussian":
+        kernel[0, 0] = SIGMA
+    elif noise == "correlated":
+        taps = np.outer(BINOMIAL_TAPS, BINOMIAL_TAPS) * SIGMA / BINOMIAL_NORM
+        kernel[np.ix_([-1, 0, 1], [-1, 0, 1])] = taps
+    else:
+        raise ValueError(f"unknown noise {noise!r}")
+    return np.abs(np.fft.fft2(kernel)) ** 2 * kernel.size
+
+
 def binomial_filtered_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Unit-variance white noise filtered in-plane by the 3x3 binomial kernel, rescaled to unit variance.
 
@@ -68,7 +93,7 @@ def binomial_filtered_noise(rng: np.random.Generator, shape: tuple[int, ...]) ->
     smooth reconstruction kernel; periodic boundaries keep the variance uniform.
     """
     white = rng.normal(0, 1, shape)
-    taps = {-1: 0.25, 0: 0.5, 1: 0.25}
+    taps = dict(zip((-1, 0, 1), BINOMIAL_TAPS))
     rows = np.add.reduce([w * np.roll(white, k, axis=-2) for k, w in taps.items()])
     field = np.add.reduce([w * np.roll(rows, k, axis=-1) for k, w in taps.items()])
-    return field / 0.375  # L2 norm of the 2-D kernel: 0.375 = 0.25**2 + 0.5**2 + 0.25**2
+    return field / BINOMIAL_NORM

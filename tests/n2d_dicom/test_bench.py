@@ -13,6 +13,7 @@ def test_benchmark_prints_one_table_row_per_method_and_case():
     assert methods == [
         "noisy input",
         "BM3D (sigma estimated)",
+        "BM3D (noise known)",
         "NLM (scikit-image)",
         "stage 1 only (ZS-N2N)",
         "N2D per-slice",
@@ -24,8 +25,9 @@ def test_benchmark_prints_one_table_row_per_method_and_case():
     assert lines[1] == "| case | method | PSNR dB | SSIM | seconds | peak MB |"
     assert len(lines) == 3 + len(results)
     assert all(r.seconds is not None and r.seconds > 0 for r in results[1:])
-    bm3d = results[1]
+    bm3d, known = results[1], results[2]
     assert bm3d.psnr > results[0].psnr  # a sanity check that the comparator really ran
+    assert known.psnr > results[0].psnr
 
 
 def test_real_ct_and_mr_cases_have_no_series_mode():
