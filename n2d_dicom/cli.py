@@ -36,6 +36,10 @@ app = typer.Typer(
 
 T = TypeVar("T")
 
+#: The engine's defaults, which the flags of ``denoise`` and ``denoise-dicom`` take, so that the
+#: command line, the node and the library cannot drift apart.
+DEFAULTS = N2DSettings()
+
 ModeOption = Annotated[Mode, typer.Option(help="per-slice (paper quality) or per-series (faster).")]
 IterationsOption = Annotated[int, typer.Option(help="Adam steps for each of the two networks.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -92,21 +96,23 @@ def guarded(action: Callable[[], T]) -> T:
 def denoise(
     source: Annotated[Path, typer.Argument(help="Input .nii or .nii.gz (2-D, 3-D or 4-D).")],
     output: Annotated[Path, typer.Argument(help="Output .nii or .nii.gz; written atomically.")],
-    mode: ModeOption = "per-slice",
-    iterations: IterationsOption = 2000,
+    mode: ModeOption = DEFAULTS.mode,
+    iterations: IterationsOption = DEFAULTS.iterations,
     device: DeviceOption = "auto",
-    seed: SeedOption = 0,
+    seed: SeedOption = DEFAULTS.seed,
     axis: Annotated[
         int | None, typer.Option(help="Slice axis 0-2; default: the header's slice axis, else 2.")
     ] = None,
-    pipeline: Annotated[Pipeline, typer.Option(help="n2d (all stages) or stage1 (ZS-N2N).")] = "n2d",
-    precision: Annotated[Precision, typer.Option(help="fp32, tf32 or bf16 (GPU).")] = "fp32",
-    slice_batch: SliceBatchOption = 8,
-    noise: NoiseOption = "auto",
-    anscombe: AnscombeOption = "off",
-    nlm_blend: NlmBlendOption = 0.5,
-    wiener: WienerOption = True,
-    early_stop: EarlyStopOption = True,
+    pipeline: Annotated[
+        Pipeline, typer.Option(help="n2d (all stages) or stage1 (ZS-N2N).")
+    ] = DEFAULTS.pipeline,
+    precision: Annotated[Precision, typer.Option(help="fp32, tf32 or bf16 (GPU).")] = DEFAULTS.precision,
+    slice_batch: SliceBatchOption = DEFAULTS.slice_batch,
+    noise: NoiseOption = DEFAULTS.noise,
+    anscombe: AnscombeOption = DEFAULTS.anscombe,
+    nlm_blend: NlmBlendOption = DEFAULTS.nlm_blend,
+    wiener: WienerOption = DEFAULTS.wiener,
+    early_stop: EarlyStopOption = DEFAULTS.early_stop,
     progress: ProgressOption = True,
 ) -> None:
     """Denoise a NIfTI volume slice by slice, keeping its header, affine, dtype and scaling."""
@@ -147,16 +153,16 @@ def denoise_dicom(
     series: Annotated[
         list[str] | None, typer.Option("--series", help="Only this Series Instance UID (repeatable).")
     ] = None,
-    mode: ModeOption = "per-slice",
-    iterations: IterationsOption = 2000,
+    mode: ModeOption = DEFAULTS.mode,
+    iterations: IterationsOption = DEFAULTS.iterations,
     device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    slice_batch: SliceBatchOption = 8,
-    noise: NoiseOption = "auto",
-    anscombe: AnscombeOption = "off",
-    nlm_blend: NlmBlendOption = 0.5,
-    wiener: WienerOption = True,
-    early_stop: EarlyStopOption = True,
+    seed: SeedOption = DEFAULTS.seed,
+    slice_batch: SliceBatchOption = DEFAULTS.slice_batch,
+    noise: NoiseOption = DEFAULTS.noise,
+    anscombe: AnscombeOption = DEFAULTS.anscombe,
+    nlm_blend: NlmBlendOption = DEFAULTS.nlm_blend,
+    wiener: WienerOption = DEFAULTS.wiener,
+    early_stop: EarlyStopOption = DEFAULTS.early_stop,
     uid_root: Annotated[str | None, typer.Option(help="Root for new UIDs, ending in '.'.")] = None,
     series_number_offset: Annotated[int, typer.Option(help="Added to the source Series Number.")] = 1000,
     description_suffix: Annotated[str, typer.Option(help="Appended to the Series Description.")] = " [N2D]",

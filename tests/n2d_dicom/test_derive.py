@@ -122,7 +122,7 @@ def test_provenance_is_recorded(ct_series, tmp_path):
         assert block[0x05].value == "cpu"
         assert block[0x07].value == hashlib.sha256(source.PixelData).hexdigest()
         assert block[0x08].value > 0
-        assert block[0x0A].value == "AUTO" and block[0x0B].value == "OFF"  # noise, anscombe settings
+        assert block[0x0A].value == "AUTO" and block[0x0B].value == "AUTO"  # noise, anscombe settings
         assert block[0x0C].value == 0.5  # non-local means weight
         assert block[0x0D].value == "ON"  # Wiener step
 
