@@ -20,8 +20,10 @@ from tqdm import tqdm
 
 from n2d_dicom import __version__
 from n2d_dicom.derive import TransferSyntaxName as TransferSyntax
+from n2d_dicom.derive import describe_measured
 from n2d_dicom.devices import resolve_device
 from n2d_dicom.errors import N2DInputError
+from n2d_dicom.n2d import Measured
 from n2d_dicom.nifti_io import default_slice_axis, denoise_nifti, read_nifti, slice_count
 from n2d_dicom.settings import Anscombe, Mode, N2DSettings, Noise, Pipeline, Precision
 
@@ -136,11 +138,16 @@ def denoise(
     chosen_axis = default_slice_axis(image) if axis is None else axis
     total = slice_count(image.shape, chosen_axis) if 0 <= chosen_axis < 3 else None
     started = time.perf_counter()
+    measured: list[Measured] = []
     with tqdm(total=total, unit="slice", disable=not progress, file=sys.stderr) as bar:
-        guarded(lambda: denoise_nifti(source, output, settings, torch_device, axis, progress=bar.update))
+        guarded(
+            lambda: denoise_nifti(
+                source, output, settings, torch_device, axis, progress=bar.update, report=measured.append
+            )
+        )
     typer.echo(
         f"{output}: denoised {total} slices ({settings.mode}, {settings.iterations} iterations, "
-        f"{torch_device}) in {time.perf_counter() - started:.1f} s"
+        f"{torch_device}; {describe_measured(tuple(measured))}) in {time.perf_counter() - started:.1f} s"
     )
 
 
@@ -227,7 +234,8 @@ def denoise_dicom(
         notes = f"; {'; '.join(item.problems)}" if item.problems else ""
         typer.echo(
             f"series {item.series_uid} -> {derived.series_uid}: {len(derived.datasets)} instances, "
-            f"{len(item.frames)} slices, {derived.seconds:.1f} s, {folder}{notes}"
+            f"{len(item.frames)} slices, {derived.seconds:.1f} s ({describe_measured(derived.measured)}), "
+            f"{folder}{notes}"
         )
     if failures:
         raise typer.Exit(1)

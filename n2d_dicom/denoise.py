@@ -12,7 +12,7 @@ import torch
 
 from n2d_dicom.errors import N2DInputError
 from n2d_dicom.intensity import IntensityMap
-from n2d_dicom.n2d import MIN_SIDE, Progress, denoise_slices
+from n2d_dicom.n2d import MIN_SIDE, Progress, Report, denoise_slices
 from n2d_dicom.settings import N2DSettings
 
 
@@ -23,10 +23,12 @@ def denoise_stack(
     *,
     axis: int = -1,
     progress: Progress | None = None,
+    report: Report | None = None,
 ) -> np.ndarray:
     """Denoise a 2-D image or a 3-D stack of slices taken along ``axis``.
 
-    Returns an array of the same shape, dtype and value range as ``stored``.
+    Returns an array of the same shape, dtype and value range as ``stored``; ``report`` receives
+    what the engine measured and chose (:class:`~n2d_dicom.n2d.Measured`).
     Raises :class:`N2DInputError` for inputs that cannot be denoised.
     """
     if stored.ndim not in (2, 3):
@@ -40,5 +42,5 @@ def denoise_stack(
         )
     intensity = IntensityMap.from_array(slices)
     unit = torch.from_numpy(intensity.to_unit(slices).astype(np.float32))
-    denoised = intensity.to_stored(denoise_slices(unit, settings, device, progress).numpy())
+    denoised = intensity.to_stored(denoise_slices(unit, settings, device, progress, report).numpy())
     return denoised[0] if stored.ndim == 2 else np.moveaxis(denoised, 0, axis)

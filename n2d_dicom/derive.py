@@ -38,6 +38,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from n2d_dicom import __version__
+from n2d_dicom.n2d import Measured
 from n2d_dicom.settings import N2DSettings
 
 TransferSyntaxName = Literal["explicit-little", "implicit-little"]
@@ -114,6 +115,28 @@ class Provenance(BaseModel):
     n2d: N2DSettings
     device: str
     seconds: float
+    measured: tuple[Measured, ...] = ()
+    """What the engine measured and chose, one entry per stack (frame size) of the series."""
+
+
+def sampling_strides(measured: tuple[Measured, ...]) -> list[int]:
+    """The distinct sampling strides N2D used (1: white noise)."""
+    return sorted({m.stride for m in measured})
+
+
+def wiener_sides(measured: tuple[Measured, ...]) -> list[int]:
+    """The distinct window sides of the Wiener step (empty where it is off)."""
+    return sorted({m.wiener_side for m in measured if m.wiener_side is not None})
+
+
+def describe_measured(measured: tuple[Measured, ...]) -> str:
+    """What the images decided, in words: the settings' ``auto`` choices as they came out."""
+    sides = wiener_sides(measured)
+    return (
+        f"sampling stride {'/'.join(map(str, sampling_strides(measured)))}, "
+        f"Anscombe {'applied' if any(m.stabilised for m in measured) else 'not applied'}"
+        + (f", Wiener window {'/'.join(map(str, sides))}" if sides else "")
+    )
 
 
 def _code_item(code: Code) -> Dataset:
@@ -143,6 +166,7 @@ def derivation_description(provenance: Provenance) -> str:
         f"{n2d.channels} channels, noise {n2d.noise}, Anscombe {n2d.anscombe}, "
         f"non-local means weight {n2d.nlm_blend:g}, Wiener {'on' if n2d.wiener else 'off'}, "
         f"{n2d.precision} on {provenance.device}"
+        + (f"; measured: {describe_measured(provenance.measured)}" if provenance.measured else "")
     )
 
 
@@ -305,6 +329,12 @@ def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance
     block.add_new(0x0B, "CS", n2d.anscombe.upper())
     block.add_new(0x0C, "FD", float(n2d.nlm_blend))
     block.add_new(0x0D, "CS", "ON" if n2d.wiener else "OFF")
+    measured = provenance.measured
+    if measured:
+        block.add_new(0x0E, "US", sampling_strides(measured))
+        block.add_new(0x0F, "CS", "YES" if any(m.stabilised for m in measured) else "NO")
+        if wiener_sides(measured):
+            block.add_new(0x10, "US", wiener_sides(measured))
 
 
 def _file_meta(derived: Dataset, settings: DerivationSettings) -> FileMetaDataset:

@@ -16,7 +16,7 @@ from n2d_dicom.atomic import atomic_path
 from n2d_dicom.denoise import denoise_stack
 from n2d_dicom.derive import DerivationSettings, Provenance, derive_instance, new_uid
 from n2d_dicom.dicom_io import DicomSeries, Frame
-from n2d_dicom.n2d import Progress
+from n2d_dicom.n2d import Measured, Progress, Report
 from n2d_dicom.settings import N2DSettings
 
 
@@ -28,16 +28,22 @@ class DerivedSeries:
     series_uid: str
     datasets: list[Dataset]
     seconds: float
+    measured: tuple[Measured, ...]
+    """What the engine measured and chose, one entry per frame size."""
 
 
 def denoise_frames(
-    frames: list[Frame], settings: N2DSettings, device: torch.device, progress: Progress | None = None
+    frames: list[Frame],
+    settings: N2DSettings,
+    device: torch.device,
+    progress: Progress | None = None,
+    report: Report | None = None,
 ) -> list[np.ndarray]:
     """Denoised stored values for each frame, in order.
 
     Frames of one size are denoised together as one stack (sharing one intensity
     map, and one network pair in per-series mode); a series mixing sizes is
-    denoised size by size.
+    denoised size by size, and ``report`` hears once per size.
     """
     by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for index, frame in enumerate(frames):
@@ -45,7 +51,8 @@ def denoise_frames(
     denoised: list[np.ndarray] = [np.empty(0)] * len(frames)
     for indices in by_shape.values():
         stack = np.stack([frames[i].pixels for i in indices])
-        for i, image in zip(indices, denoise_stack(stack, settings, device, axis=0, progress=progress)):
+        images = denoise_stack(stack, settings, device, axis=0, progress=progress, report=report)
+        for i, image in zip(indices, images):
             denoised[i] = image
     return denoised
 
@@ -76,16 +83,20 @@ def denoise_series(
     Series and SOP Instance UIDs are the same each time that identity is processed.
     """
     started = time.perf_counter()
-    denoised = denoise_frames(series.frames, settings, device, progress)
+    measured: list[Measured] = []
+    denoised = denoise_frames(series.frames, settings, device, progress, measured.append)
     pixels = _pixels_per_object(series, denoised)
-    provenance = Provenance(n2d=settings, device=str(device), seconds=time.perf_counter() - started)
+    provenance = Provenance(
+        n2d=settings, device=str(device), seconds=time.perf_counter() - started, measured=tuple(measured)
+    )
     series_uid = new_uid(derivation, None if identity is None else f"{series.series_uid}/{identity}")
     now = datetime.now()
     datasets = [
         derive_instance(source, pixels[str(source.SOPInstanceUID)], series_uid, provenance, derivation, now)
         for source in series.datasets
     ]
-    return DerivedSeries(series.series_uid, series_uid, datasets, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return DerivedSeries(series.series_uid, series_uid, datasets, seconds, provenance.measured)
 
 
 def write_instances(datasets: list[Dataset], folder: Path) -> list[Path]:

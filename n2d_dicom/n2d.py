@@ -54,6 +54,25 @@ Progress = Callable[[int], None]
 LossFn = Callable[[StackedDenoiser, Tensor, Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What the engine measured on one stack of slices and chose from it.
+
+    The settings say what was asked (``noise auto``, ``anscombe auto``, ``wiener``); this says what
+    was done, which depends on the image: derived series record it as provenance.
+    """
+
+    stride: int
+    """Pixel spacing N2D sampled the slices at: 1 for white noise, more for correlated noise."""
+    stabilised: bool
+    """Whether the generalised Anscombe transform ran (noise measured as signal-dependent)."""
+    wiener_side: int | None
+    """Window side of the Wiener step; None where the step is off."""
+
+
+Report = Callable[[Measured], None]
+
+
 def diagonal_downsamples(x: Tensor) -> tuple[Tensor, Tensor]:
     """The two diagonal 2x downsamples of ``(..., H, W)`` with even ``H`` and ``W``.
 
@@ -268,6 +287,7 @@ def denoise_slices(
     settings: N2DSettings,
     device: torch.device,
     progress: Progress | None = None,
+    report: Report | None = None,
 ) -> Tensor:
     """Denoise ``(S, H, W)`` float slices scaled to [0, 1]; returns the same shape on CPU.
 
@@ -282,20 +302,26 @@ def denoise_slices(
     ``settings.slice_batch`` is an upper bound: fewer slices go together when the
     device's free memory would not hold them (see :func:`fit_slice_batch`).
 
-    ``progress`` is called with the number of slices finished since the last call.
+    ``progress`` is called with the number of slices finished since the last call, ``report``
+    once with what was measured and chosen (:class:`Measured`).
     """
     if noisy.ndim != 3:
         raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
     stabiliser = stabiliser_for(noisy, settings.anscombe)
-    if stabiliser is None:
-        return _denoise_stabilised(noisy, settings, device, progress)
-    return stabiliser.inverse(_denoise_stabilised(stabiliser.forward(noisy), settings, device, progress))
+    stabilised = noisy if stabiliser is None else stabiliser.forward(noisy)
+    out, stride, side = _denoise_stabilised(stabilised, settings, device, progress)
+    if report:
+        report(Measured(stride=stride, stabilised=stabiliser is not None, wiener_side=side))
+    return out if stabiliser is None else stabiliser.inverse(out)
 
 
 def _denoise_stabilised(
     noisy: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None
-) -> Tensor:
-    """:func:`denoise_slices` on noise whose variance does not depend on the signal."""
+) -> tuple[Tensor, int, int | None]:
+    """:func:`denoise_slices` on noise whose variance does not depend on the signal.
+
+    Also returns the sampling stride and the Wiener step's window side (None: step off).
+    """
     stride = sampling_stride(noisy, settings)
     padded, h, w = pad_to_multiple(noisy.to(device=device, dtype=torch.float32), SIDE_MULTIPLE * stride)
     fitted = fit_slice_batch(
@@ -313,9 +339,10 @@ def _denoise_stabilised(
     out = out[:, :h, :w]
     if stride > 1:
         out = keep_structure(noisy.to(out.device, torch.float32), out)
+    side = None
     if settings.wiener:
-        out = wiener_refine(noisy, out, stride)
-    return out.cpu()
+        out, side = wiener_refine(noisy, out, stride)
+    return out.cpu(), stride, side
 
 
 def sampling_stride(noisy: Tensor, settings: N2DSettings) -> int:

@@ -17,7 +17,7 @@ from nibabel.arrayproxy import ArrayProxy
 from n2d_dicom.atomic import atomic_path
 from n2d_dicom.denoise import denoise_stack
 from n2d_dicom.errors import N2DInputError
-from n2d_dicom.n2d import Progress
+from n2d_dicom.n2d import Progress, Report
 from n2d_dicom.settings import N2DSettings
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -73,17 +73,18 @@ def denoise_volume_array(
     device: torch.device,
     axis: int,
     progress: Progress | None = None,
+    report: Report | None = None,
 ) -> np.ndarray:
     """Denoise a 2-D, 3-D or 4-D (each 3-D volume on its own) array slice-wise."""
     if stored.ndim == 4:
         volumes = [
-            denoise_stack(stored[..., t], settings, device, axis=axis, progress=progress)
+            denoise_stack(stored[..., t], settings, device, axis=axis, progress=progress, report=report)
             for t in range(stored.shape[3])
         ]
         return np.stack(volumes, axis=3)
     if stored.ndim not in (2, 3):
         raise N2DInputError(f"expected 2-D, 3-D or 4-D data, got {stored.ndim} dimensions")
-    return denoise_stack(stored, settings, device, axis=axis, progress=progress)
+    return denoise_stack(stored, settings, device, axis=axis, progress=progress, report=report)
 
 
 def slice_count(shape: tuple[int, ...], axis: int) -> int:
@@ -110,8 +111,12 @@ def denoise_nifti(
     device: torch.device,
     axis: int | None = None,
     progress: Progress | None = None,
+    report: Report | None = None,
 ) -> None:
-    """Read, denoise slice-wise along ``axis`` (default: the slice axis), write."""
+    """Read, denoise slice-wise along ``axis`` (default: the slice axis), write.
+
+    ``report`` hears what the engine measured and chose, once per 3-D volume.
+    """
     nifti_suffix(output_path)
     image = read_nifti(source_path)
     stored = stored_values(image)
@@ -119,7 +124,7 @@ def denoise_nifti(
     if stored.ndim > 2 and not 0 <= axis < 3:
         raise N2DInputError(f"{source_path}: slice axis must be 0, 1 or 2, got {axis}")
     try:
-        denoised = denoise_volume_array(stored, settings, device, axis, progress)
+        denoised = denoise_volume_array(stored, settings, device, axis, progress, report)
     except N2DInputError as exc:
         raise N2DInputError(f"{source_path}: {exc}") from exc
     write_like(image, denoised, output_path)

@@ -224,7 +224,7 @@ def classical_steps(device: torch.device, slices: int, side: int, repeats: int) 
     pilot = nlm_estimate(noisy).float()
     steps: dict[str, Callable[[], Tensor]] = {
         "non-local means (stage 2, CPU threads)": lambda: nlm_estimate(noisy),
-        "Wiener step (white noise, side chosen)": lambda: wiener_refine(noisy, pilot.to(device), stride=1),
+        "Wiener step (white noise, side chosen)": lambda: wiener_refine(noisy, pilot.to(device), stride=1)[0],
     }
     return {
         name: statistics.median(timed(step, device)[1] for _ in range(repeats)) / slices

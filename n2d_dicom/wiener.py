@@ -266,11 +266,12 @@ def least_risk_side(noisy: Tensor, pilot: Tensor, model_for: ModelFor) -> tuple[
     return side, {k: estimate for k, (estimate, _) in zip(sample, trials[side])}
 
 
-def wiener_refine(noisy: Tensor, pilot: Tensor, stride: int) -> Tensor:
+def wiener_refine(noisy: Tensor, pilot: Tensor, stride: int) -> tuple[Tensor, int]:
     """``(S, H, W)`` slices in [0, 1] refined by :func:`wiener_filter` with ``pilot`` as the pilot.
 
     ``stride`` is the one N2D sampled the slices at (1: white noise), for :func:`noise_models`;
-    the window side is :func:`least_risk_side`'s. Runs on ``pilot``'s device; returns float32.
+    the window side is :func:`least_risk_side`'s, and is returned with the float32 slices.
+    Runs on ``pilot``'s device.
     """
     noisy = noisy.to(pilot.device, torch.float32)[:, None, None]
     pilot = pilot.float()[:, None, None]
@@ -280,4 +281,4 @@ def wiener_refine(noisy: Tensor, pilot: Tensor, stride: int) -> Tensor:
         done[k] if k in done else wiener_filter(y, p, model_for(y, p, side), side)[0]
         for k, (y, p) in enumerate(zip(noisy, pilot))
     ]
-    return torch.cat(outputs)[:, 0].clamp(0, 1)
+    return torch.cat(outputs)[:, 0].clamp(0, 1), side

@@ -20,6 +20,7 @@ import torch
 from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
 
+from n2d_dicom.derive import describe_measured
 from n2d_dicom.dicom_denoise import denoise_series, write_instances
 from n2d_dicom.dicom_io import read_dicom_files
 from scp_server.config import NodeSettings, Route, route_for
@@ -119,13 +120,14 @@ class SeriesProcessor:
             for destination in route.destinations:
                 self.stores.outbox.add(items, destination, series_uid)
             log.info(
-                "series %s run %d (%s): %d instances -> derived %s in %.1f s",
+                "series %s run %d (%s): %d instances -> derived %s in %.1f s (%s)",
                 series_uid,
                 run,
                 route.name,
                 len(paths),
                 derived.series_uid,
                 derived.seconds,
+                describe_measured(derived.measured),
             )
 
     def deliver_outbox(self) -> None:

@@ -10,9 +10,16 @@ import pydicom
 import pytest
 import torch
 
-from n2d_dicom.derive import PRIVATE_CREATOR, PRIVATE_GROUP, DerivationSettings
+from n2d_dicom.derive import (
+    PRIVATE_CREATOR,
+    PRIVATE_GROUP,
+    DerivationSettings,
+    Provenance,
+    derivation_description,
+)
 from n2d_dicom.dicom_denoise import denoise_series, write_instances
 from n2d_dicom.dicom_io import read_dicom_files, read_dicom_folder
+from n2d_dicom.n2d import Measured
 from n2d_dicom.settings import N2DSettings
 from tests.n2d_dicom.conftest import data_file, write_ct_series
 
@@ -125,6 +132,20 @@ def test_provenance_is_recorded(ct_series, tmp_path):
         assert block[0x0A].value == "AUTO" and block[0x0B].value == "AUTO"  # noise, anscombe settings
         assert block[0x0C].value == 0.5  # non-local means weight
         assert block[0x0D].value == "ON"  # Wiener step
+        # what the image decided: stride, Anscombe applied, Wiener window
+        assert block[0x0E].value in (1, 2, 3, 4) and block[0x0F].value in ("YES", "NO")
+        assert block[0x10].value in (8, 16, 24)
+        assert "; measured: sampling stride" in ds.DerivationDescription
+
+
+def test_provenance_says_what_each_stack_measured():
+    measured = (Measured(stride=3, stabilised=False, wiener_side=16), Measured(1, True, 8))
+    provenance = Provenance(n2d=QUICK, device="cpu", seconds=1.0, measured=measured)
+    assert derivation_description(provenance).endswith(
+        "; measured: sampling stride 1/3, Anscombe applied, Wiener window 8/16"
+    )
+    off = Provenance(n2d=QUICK, device="cpu", seconds=1.0, measured=(Measured(1, False, None),))
+    assert derivation_description(off).endswith("; measured: sampling stride 1, Anscombe not applied")
 
 
 def test_uid_root_and_labels_are_configurable(ct_series, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from n2d_dicom.bench import real_crop
-from n2d_dicom.n2d import denoise_slices, sampling_stride
+from n2d_dicom.n2d import Measured, denoise_slices, sampling_stride
 from n2d_dicom.noise import decorrelating_stride, keep_structure, lag_correlations, noise_sigma
 from n2d_dicom.phantom import add_noise, ellipsoid_phantom
 from n2d_dicom.settings import N2DSettings
@@ -40,6 +40,16 @@ def test_noise_setting_picks_the_stride(clean):
     assert sampling_stride(white, N2DSettings(noise="auto")) == 1
     assert sampling_stride(white, N2DSettings(noise="correlated")) == 2  # asked for: at least 2
     assert sampling_stride(correlated[:, :12, :12], N2DSettings(noise="auto")) == 1  # too small to measure
+
+
+@pytest.mark.parametrize(("noise", "wiener", "expected"), [("correlated", True, 3), ("gaussian", False, 1)])
+def test_the_engine_reports_the_stride_and_window_it_chose(clean, noise, wiener, expected):
+    reports: list[Measured] = []
+    settings = N2DSettings(iterations=2, channels=4, wiener=wiener, anscombe="off")
+    denoise_slices(noisy(clean, noise).float(), settings, torch.device("cpu"), report=reports.append)
+    (measured,) = reports
+    assert measured.stride == expected and not measured.stabilised
+    assert (measured.wiener_side is not None) == wiener
 
 
 def test_sub_images_keep_at_least_eight_pixels_a_side():

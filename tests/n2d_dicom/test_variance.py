@@ -6,7 +6,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from n2d_dicom.bench import real_crop
-from n2d_dicom.n2d import denoise_slices
+from n2d_dicom.n2d import Measured, denoise_slices
 from n2d_dicom.phantom import POISSON_PEAK, SIGMA, add_noise
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.variance import GeneralisedAnscombe, NoiseLevel, noise_level, stabiliser_for
@@ -79,7 +79,10 @@ def test_inverse_of_the_expected_transform_is_the_mean_without_the_algebraic_bia
 
 def test_n2d_with_the_transform_denoises_poisson_noise(mr):
     x = noisy(mr, "poisson").float()
-    out = denoise_slices(x, N2DSettings(iterations=150, channels=16, anscombe="on"), torch.device("cpu"))
+    reports: list[Measured] = []
+    settings = N2DSettings(iterations=150, channels=16, anscombe="auto")
+    out = denoise_slices(x, settings, torch.device("cpu"), report=reports.append)
+    assert reports[0].stabilised  # auto: MR Poisson noise measures as signal-dependent
 
     def psnr(image):
         return peak_signal_noise_ratio(mr, image.numpy().astype(np.float64), data_range=1)

@@ -15,6 +15,7 @@ from n2d_dicom.noise import noise_sigma
 from n2d_dicom.phantom import add_noise, binomial_filtered_noise
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.wiener import (
+    SIDES,
     constant,
     dct_matrix,
     decorrelated_power,
@@ -68,7 +69,8 @@ def test_no_noise_keeps_the_image_and_a_zero_pilot_removes_it():
 def test_a_good_pilot_and_the_noise_level_recover_a_real_slice(mr):
     noisy = torch.from_numpy(add_noise(mr, "gaussian", seed=3)).float()
     pilot = F.avg_pool2d(noisy[None], 3, stride=1, padding=1, count_include_pad=False)[0]
-    refined = wiener_refine(noisy, pilot, stride=1)
+    refined, side = wiener_refine(noisy, pilot, stride=1)
+    assert side in SIDES
     assert refined.shape == noisy.shape and refined.dtype == torch.float32
     # measured: noisy 20.4, 3x3 box mean 29.0, Wiener on it 29.8 dB
     assert psnr(mr, refined) > psnr(mr, pilot) + 0.5
