@@ -129,12 +129,17 @@ def wiener_sides(measured: tuple[Measured, ...]) -> list[int]:
     return sorted({m.wiener_side for m in measured if m.wiener_side is not None})
 
 
+def anscombe_applied(measured: tuple[Measured, ...]) -> bool:
+    """Whether the generalised Anscombe transform ran on any stack."""
+    return any(m.stabilised for m in measured)
+
+
 def describe_measured(measured: tuple[Measured, ...]) -> str:
     """What the images decided, in words: the settings' ``auto`` choices as they came out."""
     sides = wiener_sides(measured)
     return (
         f"sampling stride {'/'.join(map(str, sampling_strides(measured)))}, "
-        f"Anscombe {'applied' if any(m.stabilised for m in measured) else 'not applied'}"
+        f"Anscombe {'applied' if anscombe_applied(measured) else 'not applied'}"
         + (f", Wiener window {'/'.join(map(str, sides))}" if sides else "")
     )
 
@@ -332,9 +337,10 @@ def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance
     measured = provenance.measured
     if measured:
         block.add_new(0x0E, "US", sampling_strides(measured))
-        block.add_new(0x0F, "CS", "YES" if any(m.stabilised for m in measured) else "NO")
-        if wiener_sides(measured):
-            block.add_new(0x10, "US", wiener_sides(measured))
+        block.add_new(0x0F, "CS", "YES" if anscombe_applied(measured) else "NO")
+        sides = wiener_sides(measured)
+        if sides:
+            block.add_new(0x10, "US", sides)
 
 
 def _file_meta(derived: Dataset, settings: DerivationSettings) -> FileMetaDataset:
