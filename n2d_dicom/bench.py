@@ -150,8 +150,8 @@ def bm3d_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
     return np.stack([bm3d.bm3d(s, sigma_psd=estimate_sigma(s)) for s in noisy])
 
 
-def bm3d_known_noise(noise: str) -> Denoiser:
-    """BM3D told the noise's true spectrum (:func:`~n2d_dicom.phantom.noise_spectrum`).
+def bm3d_known_noise(spectrum: np.ndarray) -> Denoiser:
+    """BM3D told the noise's true ``spectrum`` (:func:`~n2d_dicom.phantom.noise_spectrum`).
 
     No user has that: it is the bound of what a classical denoiser with a perfect noise model
     reaches, against which N2D, which measures the noise on the image, is read.
@@ -160,7 +160,6 @@ def bm3d_known_noise(noise: str) -> Denoiser:
     def run(noisy: np.ndarray, device: torch.device) -> np.ndarray:
         import bm3d
 
-        spectrum = noise_spectrum(noise, noisy.shape[1:])
         # bm4d 4.2.5, which bm3d runs on, still calls numpy.trapz (gone in NumPy 2.4) on a spectrum.
         trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009
         with mock.patch.object(np, "trapz", trapezoid, create=True):
@@ -186,8 +185,9 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     """
     paper = N2DSettings(iterations=plan.iterations, noise="white", nlm_blend=0, wiener=False)
     chosen: dict[str, Denoiser] = {"BM3D (sigma estimated)": bm3d_method}
-    if noise_spectrum(case.noise, case.clean.shape[1:]) is not None:
-        chosen["BM3D (noise known)"] = bm3d_known_noise(case.noise)
+    spectrum = noise_spectrum(case.noise, case.clean.shape[1:])
+    if spectrum is not None:
+        chosen["BM3D (noise known)"] = bm3d_known_noise(spectrum)
     chosen |= {
         "NLM (scikit-image)": nlm_method,
         "stage 1 only (ZS-N2N)": n2d_method(paper.model_copy(update={"pipeline": "stage1"})),
