@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Literal
 from unittest import mock
 
 import numpy as np
@@ -34,15 +35,22 @@ REAL_IMAGES = (("CT head", "693_UNCI.dcm"), ("MR abdomen", "MR-SIEMENS-DICOM-Wit
 
 Denoiser = Callable[[np.ndarray, torch.device], np.ndarray]
 
+PlanName = Literal["quick", "standard", "full"]
+
 
 @dataclass(frozen=True)
 class BenchPlan:
-    """What to run: crop size, N2D iterations, phantom size."""
+    """What to run: crop size, N2D iterations, phantom size, and which rows."""
 
     crop: int
     iterations: int
     phantom_slices: int
     phantom_side: int
+    only: tuple[tuple[str, str], ...] = ()
+    """(image, noise) pairs to run, images named by how their name starts; empty: every pair."""
+    ablations: bool = True
+    """Also the rows that take the defaults apart (noise auto alone, Anscombe alone) and BM3D told
+    the true noise spectrum: what the defaults' choices rest on, not what a user compares."""
 
     @classmethod
     def full(cls) -> BenchPlan:
@@ -50,9 +58,32 @@ class BenchPlan:
         return cls(crop=256, iterations=2000, phantom_slices=16, phantom_side=64)
 
     @classmethod
-    def quick(cls) -> BenchPlan:
-        """Minutes on 2 CPU cores: smaller crops, fewer iterations (stage 3 is then undertrained)."""
+    def standard(cls) -> BenchPlan:
+        """Every row on 96x96 crops at 800 iterations: about half an hour on 2 CPU cores."""
         return cls(crop=96, iterations=800, phantom_slices=4, phantom_side=64)
+
+    @classmethod
+    def quick(cls) -> BenchPlan:
+        """The standard plan's settings on one case per image, the rows users compare: a few
+        minutes on 2 CPU cores. The white-noise CT case is the paper's, the filtered one CT's own
+        noise, Poisson noise MR's signal-dependent kind, and the phantom shows per-series mode."""
+        return cls(
+            crop=96,
+            iterations=800,
+            phantom_slices=2,
+            phantom_side=64,
+            ablations=False,
+            only=(("CT", "gaussian"), ("CT", "correlated"), ("MR", "poisson"), ("phantom", "gaussian")),
+        )
+
+    @classmethod
+    def named(cls, name: PlanName) -> BenchPlan:
+        """The plan ``quick``, ``standard`` or ``full``."""
+        return {"quick": cls.quick, "standard": cls.standard, "full": cls.full}[name]()
+
+    def includes(self, case: Case) -> bool:
+        """Whether ``case`` is one of the plan's (image, noise) pairs."""
+        return not self.only or any(case.name.startswith(i) and case.noise == n for i, n in self.only)
 
     def with_iterations(self, iterations: int) -> BenchPlan:
         """The same plan with another N2D iteration count."""
@@ -118,7 +149,7 @@ def real_crop(file_name: str, side: int) -> np.ndarray:
 
 
 def build_cases(plan: BenchPlan, wanted: list[str]) -> list[Case]:
-    """Every (image, noise) case whose label contains one of ``wanted`` (all if empty)."""
+    """The plan's (image, noise) cases whose label contains one of ``wanted`` (all if empty)."""
     images = [(name, real_crop(file, plan.crop)) for name, file in REAL_IMAGES]
     images.append(
         (
@@ -129,6 +160,9 @@ def build_cases(plan: BenchPlan, wanted: list[str]) -> list[Case]:
     pairs = [(name, clean, noise) for name, clean in images for noise in NOISES]
     # Seeds follow the full list, so that a case gets the same noise however the cases are filtered.
     cases = [Case(name, noise, clean, seed) for seed, (name, clean, noise) in enumerate(pairs)]
+    cases = [
+        c for c in cases if not plan.only or any(c.name.startswith(i) and c.noise == n for i, n in plan.only)
+    ]
     return [c for c in cases if not wanted or any(w.lower() in c.label.lower() for w in wanted)]
 
 
@@ -173,29 +207,36 @@ def nlm_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
     return nlm_estimate(torch.from_numpy(noisy)).numpy()
 
 
+def paper_settings(iterations: int) -> N2DSettings:
+    """The paper's pipeline: white noise assumed, no non-local means, no Wiener step, no Anscombe
+    transform (each on by default in the node, so each switched off here)."""
+    return N2DSettings(iterations=iterations, noise="white", nlm_blend=0, wiener=False, anscombe="off")
+
+
 def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     """The methods compared on ``case``; per-series only where there is a series, BM3D told the
-    noise only where the noise has a spectrum (not Poisson noise).
+    noise only where the noise has a spectrum (not Poisson noise), both only with ``plan.ablations``.
 
-    The N2D rows are the paper's pipeline (``noise="white"``, no NLM, no Wiener step) except
+    The N2D rows are the paper's pipeline (:func:`paper_settings`) except
     "noise auto", which samples the image at the stride its measured noise correlation asks
     for, "Anscombe", which denoises after the generalised Anscombe transform, and "defaults",
     the node's defaults (noise auto, non-local means in stage 2's smooth intermediate, and the
     Wiener step).
     """
-    paper = N2DSettings(iterations=plan.iterations, noise="white", nlm_blend=0, wiener=False)
+    paper = paper_settings(plan.iterations)
     chosen: dict[str, Denoiser] = {"BM3D (sigma estimated)": bm3d_method}
     spectrum = noise_spectrum(case.noise, case.clean.shape[1:])
-    if spectrum is not None:
+    if spectrum is not None and plan.ablations:
         chosen["BM3D (noise known)"] = bm3d_known_noise(spectrum)
     chosen |= {
         "NLM (scikit-image)": nlm_method,
         "stage 1 only (ZS-N2N)": n2d_method(paper.model_copy(update={"pipeline": "stage1"})),
         "N2D per-slice": n2d_method(paper),
-        "N2D per-slice, noise auto": n2d_method(paper.model_copy(update={"noise": "auto"})),
-        "N2D per-slice, Anscombe": n2d_method(paper.model_copy(update={"anscombe": "on"})),
-        "N2D per-slice, defaults": n2d_method(N2DSettings(iterations=plan.iterations)),
     }
+    if plan.ablations:
+        chosen["N2D per-slice, noise auto"] = n2d_method(paper.model_copy(update={"noise": "auto"}))
+        chosen["N2D per-slice, Anscombe"] = n2d_method(paper.model_copy(update={"anscombe": "on"}))
+    chosen["N2D per-slice, defaults"] = n2d_method(N2DSettings(iterations=plan.iterations))
     if case.clean.shape[0] > 1:
         chosen["N2D per-series"] = n2d_method(paper.model_copy(update={"mode": "per-series"}))
     return chosen
@@ -282,8 +323,8 @@ def run_benchmark(
     """Run the plan and print a Markdown table as rows complete; returns the rows."""
     _require_bench_extras()
     echo(
-        f"n2d bench: crops {plan.crop}x{plan.crop}, N2D {plan.iterations} iterations, device {device}, "
-        f"{torch.get_num_threads()} CPU threads; noise sigma {SIGMA * 255:.0f}/255, "
+        f"n2d bench: crops {plan.crop}x{plan.crop}, N2D {plan.iterations} iterations, "
+        f"device {device}, {torch.get_num_threads()} CPU threads; noise sigma {SIGMA * 255:.0f}/255, "
         f"Poisson peak {POISSON_PEAK:g}"
     )
     echo("| case | method | PSNR dB | SSIM | seconds | peak MB |")

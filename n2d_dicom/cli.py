@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from n2d_dicom import __version__
+from n2d_dicom.bench import BenchPlan, PlanName, run_benchmark
 from n2d_dicom.derive import TransferSyntaxName as TransferSyntax
 from n2d_dicom.derive import describe_measured
 from n2d_dicom.devices import resolve_device
@@ -243,9 +244,15 @@ def denoise_dicom(
 
 @app.command()
 def bench(
-    quick: Annotated[
-        bool, typer.Option(help="Small crops and few iterations: minutes on 2 CPU cores.")
-    ] = False,
+    quick: Annotated[bool, typer.Option(help="Short for --plan quick.")] = False,
+    plan_name: Annotated[
+        PlanName | None,
+        typer.Option(
+            "--plan",
+            help="quick: minutes on 2 CPU cores, the rows users compare; standard: every row on "
+            "96x96 crops; full (the default): the paper's settings on 256x256 crops.",
+        ),
+    ] = None,
     iterations: Annotated[int | None, typer.Option(help="Override the iteration count.")] = None,
     device: DeviceOption = "auto",
     cases: Annotated[
@@ -276,9 +283,10 @@ def bench(
         settings = N2DSettings(precision=precision, iterations=iterations or 2000, nlm_blend=0, wiener=False)
         guarded(lambda: run_perf(perf_plan, torch_device, settings, typer.echo))
         return
-    from n2d_dicom.bench import BenchPlan, run_benchmark  # heavy optional imports
 
-    plan = BenchPlan.quick() if quick else BenchPlan.full()
+    if quick and plan_name not in (None, "quick"):
+        fail(f"--quick and --plan {plan_name} ask for different plans")
+    plan = BenchPlan.named(plan_name or ("quick" if quick else "full"))
     if iterations is not None:
         plan = plan.with_iterations(iterations)
     torch_device = guarded(lambda: resolve_device(device))

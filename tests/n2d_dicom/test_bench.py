@@ -1,7 +1,13 @@
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 
-from n2d_dicom.bench import BenchPlan, run_benchmark
+from n2d_dicom.bench import BenchPlan, paper_settings, run_benchmark
+from n2d_dicom.settings import N2DSettings
 
 TINY = BenchPlan(crop=96, iterations=3, phantom_slices=2, phantom_side=32)
 
@@ -43,10 +49,35 @@ def test_real_ct_and_mr_cases_have_no_series_mode():
     assert results[0].case == "CT head, poisson"
 
 
-@pytest.mark.parametrize("plan", [BenchPlan.quick(), BenchPlan.full()])
-def test_plans_use_crops_that_n2d_accepts(plan):
+def test_the_quick_plan_runs_the_rows_users_compare_and_leaves_the_ablations_out():
+    quick = replace(TINY, ablations=False)
+    results = run_benchmark(quick, torch.device("cpu"), ["phantom 2x32^2, correlated"], [], [].append)
+    assert [r.method for r in results] == [
+        "noisy input",
+        "BM3D (sigma estimated)",
+        "NLM (scikit-image)",
+        "stage 1 only (ZS-N2N)",
+        "N2D per-slice",
+        "N2D per-slice, defaults",
+        "N2D per-series",
+    ]
+    assert not BenchPlan.quick().ablations and BenchPlan.standard().ablations and BenchPlan.full().ablations
+
+
+@pytest.mark.parametrize("name", ["quick", "standard", "full"])
+def test_plans_use_crops_that_n2d_accepts(name):
+    plan = BenchPlan.named(name)
     assert plan.crop % 4 == 0 and plan.phantom_side % 4 == 0
     assert plan.with_iterations(7).iterations == 7
+
+
+def test_quick_and_another_plan_together_are_refused():
+    n2d = Path(sys.executable).with_name("n2d")
+    result = subprocess.run(
+        [str(n2d), "bench", "--quick", "--plan", "standard"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "--quick and --plan standard ask for different plans" in result.stderr
 
 
 def test_a_flat_crop_is_refused_with_a_clear_message():
@@ -55,3 +86,26 @@ def test_a_flat_crop_is_refused_with_a_clear_message():
 
     with pytest.raises(N2DInputError, match="693_UNCI.dcm is flat"):
         real_crop("693_UNCI.dcm", 32)
+
+
+def test_the_paper_rows_switch_off_every_addition_the_node_makes_by_default():
+    paper, node = paper_settings(800), N2DSettings()
+    assert (paper.noise, paper.nlm_blend, paper.wiener, paper.anscombe) == ("white", 0, False, "off")
+    assert (node.noise, node.wiener, node.anscombe) == ("auto", True, "auto") and node.nlm_blend > 0
+    assert paper.model_copy(update={"iterations": node.iterations}).pipeline == node.pipeline == "n2d"
+
+
+def test_the_quick_plan_runs_one_case_per_image_and_the_filter_narrows_it():
+    from n2d_dicom.bench import build_cases
+
+    labels = [c.label for c in build_cases(BenchPlan.quick(), [])]
+    assert labels == [
+        "CT head, gaussian",
+        "CT head, correlated",
+        "MR abdomen, poisson",
+        "phantom 2x64^2, gaussian",
+    ]
+    assert [c.label for c in build_cases(BenchPlan.quick(), ["MR"])] == ["MR abdomen, poisson"]
+    every = {c.label: c.seed for c in build_cases(BenchPlan.standard(), [])}
+    assert len(every) == 9
+    assert all(every[c.label] == c.seed for c in build_cases(BenchPlan.quick(), []) if c.label in every)
