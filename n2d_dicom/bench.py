@@ -242,6 +242,18 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     return chosen
 
 
+def select_methods(methods: dict[str, Denoiser], wanted: list[str]) -> dict[str, Denoiser]:
+    """The methods an entry of ``wanted`` names exactly, else those whose name contains it (all
+    if ``wanted`` is empty): "N2D per-slice" is the paper's row alone, "N2D" every N2D row."""
+    if not wanted:
+        return methods
+    kept: set[str] = set()
+    for entry in (w.lower() for w in wanted):
+        exact = {name for name in methods if name.lower() == entry}
+        kept |= exact or {name for name in methods if entry in name.lower()}
+    return {name: method for name, method in methods.items() if name in kept}
+
+
 def quality(clean: np.ndarray, estimate: np.ndarray) -> tuple[float, float]:
     """PSNR over the whole volume and mean per-slice SSIM, on the clean image's data range."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -294,9 +306,7 @@ def run_case(plan: BenchPlan, case: Case, device: torch.device, wanted: list[str
     """Noisy row first, then one row per method."""
     noisy = add_noise(case.clean, case.noise, case.seed)
     yield Result(case.label, "noisy input", *quality(case.clean, noisy), None, None)
-    for name, method in methods_for(plan, case).items():
-        if wanted and not any(w.lower() in name.lower() for w in wanted):
-            continue
+    for name, method in select_methods(methods_for(plan, case), wanted).items():
         with peak_memory(device) as peak:
             started = time.perf_counter()
             estimate = method(noisy, device)

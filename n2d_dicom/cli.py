@@ -259,7 +259,8 @@ def bench(
         list[str] | None, typer.Option("--case", help="Run only cases whose name contains this.")
     ] = None,
     methods: Annotated[
-        list[str] | None, typer.Option("--method", help="Run only methods whose name contains this.")
+        list[str] | None,
+        typer.Option("--method", help="Run only the method named this, else those whose name contains it."),
     ] = None,
     perf: Annotated[
         bool, typer.Option(help="Speed against the one-slice-at-a-time reference, and a CT-sized series.")

@@ -109,3 +109,16 @@ def test_the_quick_plan_runs_one_case_per_image_and_the_filter_narrows_it():
     every = {c.label: c.seed for c in build_cases(BenchPlan.standard(), [])}
     assert len(every) == 9
     assert all(every[c.label] == c.seed for c in build_cases(BenchPlan.quick(), []) if c.label in every)
+
+
+def test_a_method_named_exactly_runs_alone_and_a_part_of_a_name_runs_every_match():
+    from n2d_dicom.bench import build_cases, methods_for, select_methods
+
+    methods = methods_for(TINY, build_cases(TINY, ["phantom 2x32^2, gaussian"])[0])
+    assert list(select_methods(methods, ["n2d per-slice"])) == ["N2D per-slice"]
+    assert list(select_methods(methods, ["per-slice, d", "BM3D"])) == [
+        "BM3D (sigma estimated)",
+        "BM3D (noise known)",
+        "N2D per-slice, defaults",
+    ]
+    assert select_methods(methods, []) == methods
