@@ -35,7 +35,8 @@ class N2DSettings(BaseModel):
     )
     noise: Noise = Field(
         "auto",
-        description="white: sample every pixel, as the paper (with nlm_blend 0 and wiener false: the "
+        description="white: sample every pixel, as the paper (with nlm_blend 0, wiener false and "
+        "anscombe off: the "
         "paper's pipeline). "
         "correlated: noise spread over neighbouring pixels "
         "(a CT reconstruction kernel): N2D runs on pixel-unshuffled sub-images whose pixels are far "
