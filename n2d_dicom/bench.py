@@ -64,8 +64,8 @@ class BenchPlan:
 
     @classmethod
     def quick(cls) -> BenchPlan:
-        """The standard plan's settings on one case per image, the rows users compare: a few
-        minutes on 2 CPU cores. The white-noise CT case is the paper's, the filtered one CT's own
+        """The standard plan's crops and iterations on one case per image (a 2-slice phantom), the
+        rows users compare: a few minutes on 2 CPU cores. The white-noise CT case is the paper's, the filtered one CT's own
         noise, Poisson noise MR's signal-dependent kind, and the phantom shows per-series mode."""
         return cls(
             crop=96,
