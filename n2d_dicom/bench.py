@@ -65,8 +65,9 @@ class BenchPlan:
     @classmethod
     def quick(cls) -> BenchPlan:
         """The standard plan's crops and iterations on one case per image (a 2-slice phantom), the
-        rows users compare: a few minutes on 2 CPU cores. The white-noise CT case is the paper's, the filtered one CT's own
-        noise, Poisson noise MR's signal-dependent kind, and the phantom shows per-series mode."""
+        rows users compare: a few minutes on 2 CPU cores. The white-noise CT case is the paper's,
+        the filtered one CT's own noise, Poisson noise MR's signal-dependent kind, and the phantom
+        shows per-series mode."""
         return cls(
             crop=96,
             iterations=800,
@@ -160,9 +161,7 @@ def build_cases(plan: BenchPlan, wanted: list[str]) -> list[Case]:
     pairs = [(name, clean, noise) for name, clean in images for noise in NOISES]
     # Seeds follow the full list, so that a case gets the same noise however the cases are filtered.
     cases = [Case(name, noise, clean, seed) for seed, (name, clean, noise) in enumerate(pairs)]
-    cases = [
-        c for c in cases if not plan.only or any(c.name.startswith(i) and c.noise == n for i, n in plan.only)
-    ]
+    cases = [c for c in cases if plan.includes(c)]
     return [c for c in cases if not wanted or any(w.lower() in c.label.lower() for w in wanted)]
 
 

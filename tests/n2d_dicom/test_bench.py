@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from n2d_dicom.bench import BenchPlan, paper_settings, run_benchmark
+from n2d_dicom.bench import BenchPlan, build_cases, methods_for, paper_settings, run_benchmark, select_methods
 from n2d_dicom.settings import N2DSettings
 
 TINY = BenchPlan(crop=96, iterations=3, phantom_slices=2, phantom_side=32)
@@ -96,8 +96,6 @@ def test_the_paper_rows_switch_off_every_addition_the_node_makes_by_default():
 
 
 def test_the_quick_plan_runs_one_case_per_image_and_the_filter_narrows_it():
-    from n2d_dicom.bench import build_cases
-
     labels = [c.label for c in build_cases(BenchPlan.quick(), [])]
     assert labels == [
         "CT head, gaussian",
@@ -112,8 +110,6 @@ def test_the_quick_plan_runs_one_case_per_image_and_the_filter_narrows_it():
 
 
 def test_a_method_named_exactly_runs_alone_and_a_part_of_a_name_runs_every_match():
-    from n2d_dicom.bench import build_cases, methods_for, select_methods
-
     methods = methods_for(TINY, build_cases(TINY, ["phantom 2x32^2, gaussian"])[0])
     assert list(select_methods(methods, ["n2d per-slice"])) == ["N2D per-slice"]
     assert list(select_methods(methods, ["per-slice, d", "BM3D"])) == [
