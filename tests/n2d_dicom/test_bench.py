@@ -1,7 +1,4 @@
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -69,15 +66,6 @@ def test_plans_use_crops_that_n2d_accepts(name):
     plan = BenchPlan.named(name)
     assert plan.crop % 4 == 0 and plan.phantom_side % 4 == 0
     assert plan.with_iterations(7).iterations == 7
-
-
-def test_quick_and_another_plan_together_are_refused():
-    n2d = Path(sys.executable).with_name("n2d")
-    result = subprocess.run(
-        [str(n2d), "bench", "--quick", "--plan", "standard"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode != 0
-    assert "--quick and --plan standard ask for different plans" in result.stderr
 
 
 def test_a_flat_crop_is_refused_with_a_clear_message():

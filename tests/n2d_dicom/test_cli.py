@@ -149,3 +149,9 @@ def test_denoise_dicom_refuses_a_folder_without_grayscale_series(tmp_path):
     result = run("denoise-dicom", str(tmp_path / "in"), str(tmp_path / "out"), "--no-progress")
     assert result.returncode == 1
     assert "no grayscale DICOM series to denoise" in result.stderr
+
+
+def test_bench_refuses_quick_together_with_another_plan():
+    result = run("bench", "--quick", "--plan", "standard")
+    assert result.returncode != 0
+    assert "--quick and --plan standard ask for different plans" in result.stderr
