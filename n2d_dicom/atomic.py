@@ -8,6 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+#: Temporary files are ``.<target name>.<random>.tmp[suffix]``: a leading dot and this, before any suffix.
+TEMPORARY_SUFFIX = ".tmp"
+
 
 @contextmanager
 def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
@@ -17,7 +20,9 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     On error the temporary file is removed and ``target`` is left as it was.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{suffix}")
+    fd, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=f"{TEMPORARY_SUFFIX}{suffix}"
+    )
     os.close(fd)
     tmp = Path(name)
     try:

@@ -114,11 +114,37 @@ class NodeSettings(BaseSettings):
     tls: TLSSettings | None = Field(None, description="Listen with TLS; None: plain TCP.")
     max_associations: int = Field(10, ge=1, le=1000, description="Concurrent associations accepted.")
     network_timeout_s: float = Field(60, gt=0, le=3600, description="Drop a silent peer after this long.")
+    acse_timeout_s: float = Field(
+        10,
+        gt=0,
+        le=600,
+        description="From TCP accept to a complete A-ASSOCIATE-RQ (TLS handshake included); slower "
+        "connections are dropped and logged by address. Also the ARTIM timeout.",
+    )
+    max_association_request_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest A-ASSOCIATE-RQ PDU read; a larger one is refused after its header, unread.",
+    )
+    max_pending_connections: int = Field(
+        32,
+        ge=1,
+        le=10000,
+        description="Connections still negotiating (no complete A-ASSOCIATE-RQ yet) held at once; more are "
+        "closed at once. Counted apart from max_associations.",
+    )
     quiet_period_s: float = Field(
         30, ge=0, le=3600, description="A released series is complete after this long without a new instance."
     )
     max_wait_s: float = Field(
         3600, gt=0, description="A series is complete this long after its first instance."
+    )
+    aborted_grace_s: float = Field(
+        600,
+        ge=0,
+        description="A series whose association was aborted (not released) waits this long after its last "
+        "instance for the sender to send again before it is complete with what it has.",
     )
     routes: list[Route] = Field(
         default_factory=list, description="First matching route wins; none: not processed."
@@ -151,11 +177,19 @@ class NodeSettings(BaseSettings):
     sqlite_journal: Literal["wal", "delete"] = Field(
         "wal", description="wal: one machine; delete: a spool on a network filesystem shared by machines."
     )
-    send_attempts: int = Field(5, ge=1, le=100, description="Associations tried per destination and run.")
-    send_backoff_s: float = Field(
-        2, ge=0, le=600, description="First wait between attempts; doubles each time."
+    send_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Associations tried per destination in each outbox round; a job itself tries once "
+        "and leaves the rest to the outbox, so that a destination that is down never holds up denoising.",
     )
-    outbox_retry_s: float = Field(60, gt=0, le=86400, description="How often undelivered files are retried.")
+    send_backoff_s: float = Field(
+        2, ge=0, le=600, description="First wait between an outbox round's attempts; doubles each time."
+    )
+    outbox_retry_s: float = Field(
+        60, gt=0, le=86400, description="How often the node retries undelivered files (an outbox round)."
+    )
     http_port: int = Field(8080, ge=0, le=65535, description="/healthz and /metrics on bind_address; 0: off.")
 
     @field_validator("ae_title", "allowed_calling_aets")

@@ -10,6 +10,7 @@ wait out the lease of the process it replaces.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -17,10 +18,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+log = logging.getLogger(__name__)
+
+
+def process_owner() -> str:
+    """This process, as owners name it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
 
 def new_owner() -> str:
     """A claim owner unique to this process and call: ``host:pid:token``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{process_owner()}:{uuid.uuid4().hex[:8]}"
 
 
 def owner_is_dead(owner: str) -> bool:
@@ -42,14 +50,21 @@ def owner_is_dead(owner: str) -> bool:
 def renewed(renew: Callable[[], bool], every_s: float) -> Iterator[threading.Event]:
     """Call ``renew`` every ``every_s`` seconds while the block runs.
 
-    Yields an event that is set when a renewal fails (the claim was lost: another
+    Yields an event that is set when a renewal says the claim was lost (another
     worker may be redoing the work), so the holder can avoid finishing it twice.
+    A renewal that raises (a full disk, a locked database) is logged and tried
+    again at the next beat: the thread never dies of it.
     """
     stop, lost = threading.Event(), threading.Event()
 
     def beat() -> None:
         while not stop.wait(every_s):
-            if not renew():
+            try:
+                still_ours = renew()
+            except Exception:  # e.g. a full disk: try again next beat; the lease may still hold
+                log.exception("lease renewal failed; trying again in %.1f s", every_s)
+                continue
+            if not still_ours:
                 lost.set()
                 return
 

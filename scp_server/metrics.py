@@ -27,6 +27,12 @@ class NodeMetrics:
         self.series_completed = Counter(
             "n2d_series_completed", "Series found complete and queued", registry=self.registry
         )
+        self.background_errors = Counter(
+            "n2d_background_errors",
+            "Failed steps of the node's background loops (each is retried with backoff)",
+            ["loop"],
+            registry=self.registry,
+        )
         self.registry.register(StatusCollector(status))
 
 

@@ -7,9 +7,11 @@ another process. Output names UIDs, AE titles and counts, never patient data.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from huey.api import Huey
 from pydantic import BaseModel
@@ -24,12 +26,14 @@ RECENT_RUNS = 1000
 
 
 class InFlight(BaseModel):
-    """A run a worker holds now."""
+    """A run a worker holds now, and the route and denoising settings it was claimed with."""
 
     series: str
     run: int
     worker: str
     running_s: float
+    route: str | None = None
+    n2d: dict[str, Any] | None = None
 
 
 class Failure(BaseModel):
@@ -90,23 +94,45 @@ def node_status(stores: Stores, queue: Huey, errors: int = 10) -> NodeStatus:
         queue_depth=queue.pending_count(),
         series=tracker.counts(),
         in_flight=[
-            InFlight(series=uid, run=run, worker=owner, running_s=round(now - started, 1))
+            InFlight(
+                series=uid,
+                run=run,
+                worker=owner,
+                running_s=round(now - started, 1),
+                **planned(tracker.plan(uid, run)),
+            )
             for uid, run, owner, started in tracker.in_flight()
         ],
         outbox=outbox.counts(),
         quarantined=stores.spool.quarantine_count(),
         last_errors=sorted(failures, key=lambda failure: -failure.when)[:errors],
-        recent_runs=run_latencies(tracker.recent_runs(RECENT_RUNS)),
+        recent_runs=run_latencies(tracker.recent_runs(RECENT_RUNS), outbox.delivered_at()),
     )
 
 
-def run_latencies(runs: list[RunTimes]) -> RunLatencies:
-    """Median, 95th percentile and maximum of queue wait, processing and receive-to-delivered time."""
+def planned(plan: str | None) -> dict[str, Any]:
+    """The route name and N2D settings of a recorded run plan (none where the run has no plan yet)."""
+    if plan is None:
+        return {}
+    route = json.loads(plan).get("route")
+    return (
+        {"route": "no route", "n2d": None} if route is None else {"route": route["name"], "n2d": route["n2d"]}
+    )
+
+
+def run_latencies(runs: list[RunTimes], delivered_at: dict[str, float]) -> RunLatencies:
+    """Median, 95th percentile and maximum of queue wait, processing and receive-to-delivered time.
+
+    Receive-to-delivered counts only runs whose derived series reached every destination.
+    """
+    delivered = [
+        (r, delivered_at[r.series_instance_uid]) for r in runs if r.series_instance_uid in delivered_at
+    ]
     return RunLatencies(
         count=len(runs),
         queue_wait_s=spread([r.started_at - r.queued_at for r in runs]),
         processing_s=spread([r.finished_at - r.started_at for r in runs]),
-        end_to_end_s=spread([r.finished_at - r.first_received for r in runs]),
+        end_to_end_s=spread([max(when, r.finished_at) - r.first_received for r, when in delivered]),
     )
 
 
@@ -119,14 +145,14 @@ def spread(values: list[float]) -> Spread | None:
 
 
 def retry(stores: Stores, jobs: Jobs, series_instance_uid: str | None = None) -> tuple[int, int]:
-    """Queue failed runs again and make refused deliveries pending; returns ``(runs, deliveries)``."""
+    """Queue failed runs again and make refused deliveries pending; returns ``(runs, deliveries)``.
+
+    The node's next outbox round (within ``outbox_retry_s``) sends the deliveries.
+    """
     runs = stores.tracker.retry_failed(series_instance_uid)
     for due in runs:
         jobs.process_series(due.series_instance_uid, due.run)
-    deliveries = stores.outbox.retry_refused(series_instance_uid)
-    if deliveries:
-        jobs.deliver_outbox()
-    return len(runs), deliveries
+    return len(runs), stores.outbox.retry_refused(series_instance_uid)
 
 
 def purge(stores: Stores, quarantine: bool, refused: bool, older_than_s: float) -> tuple[int, int]:

@@ -9,6 +9,11 @@ What is still pending after a job is retried later by :meth:`Outbox.deliver`.
 Several workers may deliver at once, so :meth:`Outbox.deliver` first claims the
 rows it will send (owner and expiry, see :mod:`scp_server.leases`): a row is
 sent by one worker at a time, and a claim left by a dead worker runs out.
+
+A row names its destination by a stable key, ``AE@host:port``, and keeps the
+destination as configured when the row was added; delivery uses the
+destination as configured *now* under that key where there is one, so editing a
+destination's other fields (TLS, say) applies to rows already waiting.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from scp_server.leases import owner_is_dead
 from scp_server.sender import Destination, SendResult, send_files
-from scp_server.sqlite import Journal, open_database
+from scp_server.sqlite import Journal, add_missing_columns, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -35,13 +42,38 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at REAL NOT NULL,
     owner TEXT,
     claimed_until REAL,
+    destination_json TEXT,
     PRIMARY KEY (sop_instance_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_by_series ON outbox (series_instance_uid);
 """
+#: Rows written before destinations had a key held the destination's JSON in ``destination``.
+REKEY_OLD_ROWS = """
+UPDATE outbox SET destination_json = destination,
+    destination = json_extract(destination, '$.ae_title') || '@' || json_extract(destination, '$.host')
+        || ':' || json_extract(destination, '$.port')
+WHERE destination LIKE '{%'
+"""
 
 #: A missing derived file cannot be sent by anyone; recorded as refused with this error.
 MISSING = "derived file missing from the spool"
+
+
+def destination_key(destination: Destination) -> str:
+    """How rows name a destination: ``AE@host:port``, unchanged by edits to its other fields."""
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One derived instance for one destination, and what happened to it so far."""
+
+    sop_instance_uid: str
+    destination: str
+    series_instance_uid: str
+    state: str
+    attempts: int
+    last_error: str | None
 
 
 class Outbox:
@@ -50,6 +82,8 @@ class Outbox:
     def __init__(self, database: Path, journal: Journal = "wal") -> None:
         self._lock = threading.Lock()
         self._db = open_database(database, SCHEMA, journal)
+        add_missing_columns(self._db, "outbox", {"destination_json": "TEXT"})
+        self._db.execute(REKEY_OLD_ROWS)
 
     def close(self) -> None:
         with self._lock:
@@ -60,12 +94,12 @@ class Outbox:
 
         Items already known keep their state (a re-run never resends what was delivered).
         """
-        now, key = time.time(), destination.model_dump_json()
+        now, key, stored = time.time(), destination_key(destination), destination.model_dump_json()
         with self._lock:
             self._db.executemany(
                 "INSERT OR IGNORE INTO outbox (sop_instance_uid, destination, path, series_instance_uid, "
-                "updated_at) VALUES (?, ?, ?, ?, ?)",
-                [(uid, key, str(path), series_instance_uid, now) for uid, path in items],
+                "updated_at, destination_json) VALUES (?, ?, ?, ?, ?, ?)",
+                [(uid, key, str(path), series_instance_uid, now, stored) for uid, path in items],
             )
 
     def pending_count(self) -> int:
@@ -74,27 +108,37 @@ class Outbox:
             (count,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()
         return int(count)
 
-    def claim(self, owner: str, claim_s: float) -> dict[Destination, list[Path]]:
-        """Pending rows nobody else is sending, now claimed by ``owner`` for ``claim_s``; by destination."""
-        now = time.time()
+    def claim(
+        self,
+        owner: str,
+        claim_s: float,
+        current: Mapping[str, Destination] | None = None,
+        series_instance_uid: str | None = None,
+    ) -> dict[Destination, list[Path]]:
+        """Pending rows nobody else is sending, now claimed by ``owner`` for ``claim_s``; by destination.
+
+        ``current`` maps keys to destinations as configured now (they win over the
+        stored ones); ``series_instance_uid`` limits the claim to one source series.
+        """
+        now, current = time.time(), current or {}
         with self._lock:
             rows = self._db.execute(
-                "SELECT sop_instance_uid, destination, path, owner, claimed_until FROM outbox "
-                "WHERE state = 'pending'"
+                "SELECT sop_instance_uid, destination, destination_json, path, owner, claimed_until "
+                "FROM outbox WHERE state = 'pending' AND (? IS NULL OR series_instance_uid = ?)",
+                (series_instance_uid, series_instance_uid),
             ).fetchall()
             by_destination: dict[Destination, list[Path]] = {}
-            for uid, destination, path, holder, until in rows:
+            for uid, key, stored, path, holder, until in rows:
                 if holder is not None and until >= now and not owner_is_dead(holder):
                     continue
                 cursor = self._db.execute(
                     "UPDATE outbox SET owner = ?, claimed_until = ? WHERE sop_instance_uid = ? "
                     "AND destination = ? AND state = 'pending' AND owner IS ?",
-                    (owner, now + claim_s, uid, destination, holder),
+                    (owner, now + claim_s, uid, key, holder),
                 )
                 if cursor.rowcount == 1:
-                    by_destination.setdefault(Destination.model_validate_json(destination), []).append(
-                        Path(path)
-                    )
+                    destination = current.get(key) or Destination.model_validate_json(stored)
+                    by_destination.setdefault(destination, []).append(Path(path))
         return by_destination
 
     def record(self, results: list[SendResult], destination: Destination) -> None:
@@ -104,7 +148,7 @@ class Outbox:
         flight is sent again (with the same SOP Instance UID).
         """
         now = time.time()
-        key = destination.model_dump_json()
+        key = destination_key(destination)
         with self._lock:
             for result in results:
                 state = "delivered" if result.delivered else "refused" if result.refused else "pending"
@@ -120,11 +164,22 @@ class Outbox:
         self.record([result], destination)
 
     def deliver(
-        self, calling_ae: str, attempts: int, backoff_s: float, owner: str, claim_s: float
+        self,
+        calling_ae: str,
+        attempts: int,
+        backoff_s: float,
+        owner: str,
+        claim_s: float,
+        current: Mapping[str, Destination] | None = None,
+        series_instance_uid: str | None = None,
     ) -> list[SendResult]:
-        """Claim every pending file nobody is sending and try it once more, ``attempts`` associations each."""
+        """Claim pending files nobody is sending and try them once more, ``attempts`` associations each.
+
+        Every attempt's outcome is recorded as it happens (see :meth:`claim` for
+        ``current`` and ``series_instance_uid``).
+        """
         results: list[SendResult] = []
-        for destination, paths in self.claim(owner, claim_s).items():
+        for destination, paths in self.claim(owner, claim_s, current, series_instance_uid).items():
             on_disk = {p: p.is_file() for p in paths}
             present = [p for p in paths if on_disk[p]]
             missing = [SendResult(p, _uid_of(p), None, MISSING) for p in paths if not on_disk[p]]
@@ -150,7 +205,7 @@ class Outbox:
                 self._db.execute(
                     "UPDATE outbox SET state = 'refused', last_error = ?, owner = NULL, claimed_until = NULL "
                     "WHERE path = ? AND destination = ?",
-                    (MISSING, str(result.path), destination.model_dump_json()),
+                    (MISSING, str(result.path), destination_key(destination)),
                 )
 
     def _release(self, owner: str) -> None:
@@ -166,8 +221,27 @@ class Outbox:
             ).fetchall()
         counts: dict[str, dict[str, int]] = {}
         for destination, state, count in rows:
-            counts.setdefault(_describe(destination), {})[str(state)] = int(count)
+            counts.setdefault(str(destination), {})[str(state)] = int(count)
         return counts
+
+    def rows(self, series_instance_uid: str | None = None) -> list[OutboxRow]:
+        """Every row (of one source series), oldest first: what ``n2d status`` and the tests look at."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_instance_uid, destination, series_instance_uid, state, attempts, last_error "
+                "FROM outbox WHERE ? IS NULL OR series_instance_uid = ? ORDER BY updated_at",
+                (series_instance_uid, series_instance_uid),
+            ).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
+    def delivered_at(self) -> dict[str, float]:
+        """When each source series' last derived instance was delivered, for series delivered everywhere."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_instance_uid, MAX(updated_at) FROM outbox GROUP BY series_instance_uid "
+                "HAVING SUM(state != 'delivered') = 0"
+            ).fetchall()
+        return {str(uid): float(when) for uid, when in rows}
 
     def errors(self, limit: int = 10) -> list[tuple[str, str, float, str]]:
         """``(sop_instance_uid, destination, when, error)`` of rows that failed, newest first."""
@@ -179,7 +253,7 @@ class Outbox:
                 "ORDER BY updated_at DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [(str(uid), _describe(dest), float(when), str(error)) for uid, dest, when, error in rows]
+        return [(str(uid), str(dest), float(when), str(error)) for uid, dest, when, error in rows]
 
     def retry_refused(self, series_instance_uid: str | None = None) -> int:
         """Refused rows (all, or one source series') pending again, e.g. after the destination was fixed."""
@@ -216,12 +290,6 @@ class Outbox:
             rows = self._db.execute(f"SELECT DISTINCT path FROM outbox WHERE {where}", params).fetchall()
             self._db.execute(f"DELETE FROM outbox WHERE {where}", params)
         return [Path(path) for (path,) in rows]
-
-
-def _describe(destination_json: str) -> str:
-    """``AE@host:port`` of a stored destination."""
-    destination = Destination.model_validate_json(destination_json)
-    return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
 def _uid_of(path: Path) -> str:

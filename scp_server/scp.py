@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import threading
+import sqlite3
 from collections.abc import Callable
-from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 from pydicom.uid import (
@@ -37,7 +36,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ComputedRadiographyImageStorage,
@@ -54,10 +54,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     SecondaryCaptureImageStorage,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 
+from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings
-from scp_server.spool import Spool, instance_of
+from scp_server.leases import process_owner
+from scp_server.spool import InvalidIdentifiers, Outcome, Spool, instance_of
+from scp_server.transport import NodeServer, serve
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,9 @@ TRANSFER_SYNTAXES = (
     RLELossless,
 )
 
-StoredHook = Callable[[str, str], None]
-EndedHook = Callable[[str], None]
+StoredHook = Callable[[str, str, Outcome], None]
+EndedHook = Callable[[str, bool], None]
+"""``(association key, aborted)``: every accepted association once it has ended; released or not."""
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -102,46 +105,66 @@ CANNOT_UNDERSTAND = 0xC210
 MISSING_IDENTIFIERS = 0xC211
 
 
-def association_key(event: Event) -> str:
-    """An identifier for the association an event belongs to, unique while it lasts."""
-    return f"{event.assoc.requestor.ae_title}-{id(event.assoc)}"
+def association_key(assoc: Association) -> str:
+    """An identifier for an association, unique while it lasts: ``host:pid:id``.
+
+    It names this process (as :func:`scp_server.leases.process_owner` does), so
+    that a restarted node knows which associations died with the process before it.
+    """
+    return f"{process_owner()}:{id(assoc):x}"
 
 
 def handle_store(event: Event, spool: Spool, on_stored: StoredHook | None = None) -> int:
     """C-STORE: keep the instance durably, then answer; every failure has its own status.
 
-    ``on_stored`` hears of every instance that is on disk (new or duplicate), with
-    its association, so that series completion can be tracked.
+    ``on_stored`` hears of every instance that is on disk (new, duplicate or
+    changed), with its association, so that series completion can be tracked;
+    if it cannot record that (its database is not writable), the instance is
+    kept but answered 0xA700, and the peer's retry is then a duplicate that is
+    recorded. Each refusal is one log line.
     """
-    calling = event.assoc.requestor.ae_title
+    calling = printable(event.assoc.requestor.ae_title)
     encoded = event.encoded_dataset()
     try:
         dataset = event.dataset
-    except Exception as exc:  # pydicom raises many types for malformed data
-        where = spool.quarantine(encoded, f"cannot decode dataset: {exc}", calling)
-        log.warning("C-STORE from %s: undecodable dataset quarantined as %s (0xC210)", calling, where.name)
-        return CANNOT_UNDERSTAND
-    try:
         instance = instance_of(dataset)
-        stored = spool.store(encoded, instance, calling)
-    except (AttributeError, ValueError) as exc:
-        where = spool.quarantine(encoded, str(exc), calling)
-        log.warning("C-STORE from %s: %s; quarantined as %s (0xC211)", calling, exc, where.name)
-        return MISSING_IDENTIFIERS
-    except OSError as exc:
-        reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
-        log.error("C-STORE from %s: not stored (%s); peer must retry (0xA700)", calling, reason)
+    except InvalidIdentifiers as exc:
+        return _refuse(spool, encoded, calling, str(exc), MISSING_IDENTIFIERS)
+    except Exception as exc:  # pydicom raises many types for malformed data
+        return _refuse(spool, encoded, calling, f"cannot decode dataset: {exc}", CANNOT_UNDERSTAND)
+    try:
+        outcome = spool.store(encoded, instance, calling)
+        if on_stored is not None:
+            on_stored(instance.series_instance_uid, association_key(event.assoc), outcome)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("C-STORE from %s: not recorded (%s); peer must retry (0xA700)", calling, _why(exc))
         return OUT_OF_RESOURCES
-    if on_stored is not None:
-        on_stored(instance.series_instance_uid, association_key(event))
     log.debug(
         "C-STORE from %s: %s %s/%s",
         calling,
-        "stored" if stored else "duplicate of",
+        outcome.value,
         instance.series_instance_uid,
         instance.sop_instance_uid,
     )
     return SUCCESS
+
+
+def _refuse(spool: Spool, encoded: bytes, calling: str, reason: str, status: int) -> int:
+    """Quarantine a refused instance with its reason and answer ``status`` (0xA700 if it cannot be kept)."""
+    try:
+        where = spool.quarantine(encoded, reason, calling)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("C-STORE from %s: refused (%s), not quarantined (%s) (0xA700)", calling, reason, _why(exc))
+        return OUT_OF_RESOURCES
+    log.warning("C-STORE from %s: %s; quarantined as %s (0x%04X)", calling, reason, where.name, status)
+    return status
+
+
+def _why(exc: BaseException) -> str:
+    """A failure to write, in an operator's words."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    return printable(str(exc), 200)
 
 
 def handle_echo(event: Event) -> int:
@@ -162,6 +185,19 @@ def _log_association(event: Event) -> None:
     )
 
 
+def judge_uids_ourselves() -> None:
+    """Let pynetdicom pass UIDs of any syntax up to the C-STORE handler, which judges them.
+
+    pynetdicom aborts an association whose C-STORE request carries a UID it
+    finds invalid (over 64 characters, say), so the sender hears nothing and
+    retries forever; the handler instead answers 0xC211 and quarantines the
+    instance (:func:`scp_server.spool.instance_of` applies :mod:`n2d_dicom.uids`).
+    pynetdicom offers this only as process-wide configuration, so the node sets
+    it once when it starts listening.
+    """
+    _config.VALIDATORS["UI"] = lambda value: (True, "")
+
+
 def build_ae(settings: NodeSettings) -> AE:
     """The AE with our title, policies and presentation contexts."""
     ae = AE(ae_title=settings.ae_title)
@@ -169,35 +205,11 @@ def build_ae(settings: NodeSettings) -> AE:
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout_s
+    ae.acse_timeout = settings.acse_timeout_s
     ae.add_supported_context(Verification)
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
     return ae
-
-
-def _association_ended(event: Event, on_ended: EndedHook | None) -> None:
-    _log_association(event)
-    if on_ended is not None:
-        on_ended(association_key(event))
-
-
-class SourceFilteredServer(ThreadedAssociationServer):
-    """pynetdicom's server, closing connections from outside ``allowed_networks`` before any DICOM is read.
-
-    A defence in depth beside the AE title allow-list (AE titles are not secrets).
-    """
-
-    allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """socketserver's hook: False closes the connection at once."""
-        if not self.allowed_networks:
-            return True
-        host = ip_address(client_address[0])
-        if any(host in network for network in self.allowed_networks):
-            return True
-        log.warning("connection from %s closed: not in allowed_source_networks", client_address[0])
-        return False
 
 
 def start_scp(
@@ -205,34 +217,31 @@ def start_scp(
     spool: Spool,
     on_stored: StoredHook | None = None,
     on_ended: EndedHook | None = None,
-) -> ThreadedAssociationServer:
+) -> NodeServer:
     """Listen in background threads; call ``shutdown()`` on the result to stop.
 
-    ``on_stored(series_uid, association)`` follows every stored instance and
-    ``on_ended(association)`` every released or aborted association.
+    ``on_stored(series_uid, association, outcome)`` follows every stored instance
+    and ``on_ended(association, aborted)`` every association that was accepted,
+    exactly once when it has ended, however it ended (see :mod:`scp_server.transport`);
+    ``aborted`` is True unless it was released.
     """
     if not settings.allowed_calling_aets:
         raise ValueError("allowed_calling_aets is empty: configure who may store to this node")
+    judge_uids_ourselves()
     handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, [spool, on_stored]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_ACCEPTED, _log_association),
-        (evt.EVT_RELEASED, _association_ended, [on_ended]),
-        (evt.EVT_ABORTED, _association_ended, [on_ended]),
+        (evt.EVT_RELEASED, _log_association),
+        (evt.EVT_ABORTED, _log_association),
         (evt.EVT_REJECTED, _log_association),
     ]
-    server_class = type(
-        "NodeServer", (SourceFilteredServer,), {"allowed_networks": tuple(settings.allowed_source_networks)}
-    )
-    ae = build_ae(settings)
-    server = ae.make_server(
-        (settings.bind_address, settings.port),
-        evt_handlers=handlers,
-        ssl_context=settings.tls.server_context() if settings.tls else None,
-        server_class=server_class,
-    )
-    ae._servers.append(server)  # as AE.start_server does; the server's shutdown() removes it
-    threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+
+    def closed(assoc: Association, how: str) -> None:
+        if on_ended is not None:
+            on_ended(association_key(assoc), how != "released")
+
+    server = serve(build_ae(settings), settings, handlers, on_closed=closed)
     log.info(
         "listening as %s on %s:%s%s",
         settings.ae_title,

@@ -123,7 +123,8 @@ def send_files(
     """Send ``paths`` to ``destination``; retry what was not answered, with exponential backoff.
 
     ``on_result`` hears each instance's answer as soon as it comes, so that a
-    caller can record it durably before the next one is sent.
+    caller can record it durably before the next one is sent, and each failed
+    attempt (no association, rejected, TLS set-up) for every instance it left unsent.
     """
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -142,7 +143,13 @@ def send_files(
             )
         except (OSError, ssl.SSLError) as exc:  # unreadable certificate files: kept for a later try
             log.error("send to %s: TLS set-up failed: %s", destination.ae_title, exc)
-            return [SendResult(p, str(headers[p].SOPInstanceUID), None, f"TLS set-up: {exc}") for p in paths]
+            failed = [
+                SendResult(p, str(headers[p].SOPInstanceUID), None, f"TLS set-up: {exc}") for p in paths
+            ]
+            if on_result is not None:
+                for result in failed:
+                    on_result(result)
+            return failed
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "no association"
             log.warning(
@@ -150,6 +157,8 @@ def send_files(
             )
             for path in pending:
                 results[path] = SendResult(path, str(headers[path].SOPInstanceUID), None, reason)
+                if on_result is not None:  # every failed attempt is recorded, with why
+                    on_result(results[path])
             continue
         still_pending = []
         for path in pending:

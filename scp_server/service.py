@@ -3,11 +3,16 @@
 Start-up order matters for "nothing acknowledged is lost": the spool first
 indexes any file a crash left unindexed, the queue is emptied and every series
 the tracker holds as queued is queued again (the tracker, not the queue, is the
-source of truth; a job queued twice runs once), and only then does the SCP
-accept associations. Runs whose worker died are found by the poller (expired
+source of truth; a job queued twice runs once), associations the previous
+process held are closed as aborted, and only then does the SCP accept
+associations. Runs whose worker died are found by the poller (expired
 lease, or a dead process of this host) and queued again, and so are runs queued
 for longer than ``job_lease_s`` whose job is no longer in the queue (a worker
 that died between taking the job from the queue and starting it).
+
+The background loops (poller, outbox rounds) run every step guarded
+(:mod:`scp_server.health`): an error is logged, counted and retried with
+backoff, and ``/healthz`` answers 503 with the reasons until it clears.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from n2d_dicom.devices import resolve_device
 from scp_server.config import NodeSettings
+from scp_server.delivery import deliver
+from scp_server.health import Backoff, Health
 from scp_server.metrics import NodeMetrics
 from scp_server.operations import NodeStatus, apply_retention, node_status
 from scp_server.scp import start_scp
+from scp_server.spool import Outcome
 from scp_server.stores import Stores
-from scp_server.tasks import Jobs, SeriesProcessor, make_queue
+from scp_server.tasks import Jobs, SeriesProcessor, make_queue, plan_run
 from scp_server.tracker import DueSeries
 
 log = logging.getLogger(__name__)
@@ -39,13 +47,14 @@ RETENTION_SWEEP_S = 300.0
 
 
 class Node:
-    """One node: SCP, stores, queue producer and HTTP endpoints (workers run beside it or elsewhere)."""
+    """One node: SCP, stores, queue producer, outbox rounds and HTTP endpoints (workers run apart)."""
 
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.stores = Stores.open(settings)
         self.jobs = Jobs(make_queue(settings))
         self.metrics = NodeMetrics(self.status)
+        self.health = Health(self.metrics.background_errors, settings.spool_dir)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._servers: list[object] = []
@@ -58,16 +67,16 @@ class Node:
         recovered = self.stores.spool.recover()
         if recovered:
             log.warning("spool: %d stored but unindexed instance(s) recovered", recovered)
+        closed = self.stores.tracker.close_dead_associations()
+        if closed:
+            log.warning("%d association(s) of a process that died closed as aborted", closed)
         for due in self.stores.tracker.queued():  # a copy still in the queue is skipped by the worker
             log.info("series %s run %d: queued again after restart", due.series_instance_uid, due.run)
             self.jobs.process_series(due.series_instance_uid, due.run)
-        if self.stores.outbox.pending_count():
-            self.jobs.deliver_outbox()
-        scp = start_scp(
-            self.settings, self.stores.spool, self._stored, self.stores.tracker.association_released
-        )
+        scp = start_scp(self.settings, self.stores.spool, self._stored, self._association_ended)
         self._servers.append(scp)
         self._spawn(self._poll, "series-poller")
+        self._spawn(self._deliver, "outbox")
         if self.settings.http_port:
             http = ThreadingHTTPServer(
                 (self.settings.bind_address, self.settings.http_port), self._http_handler()
@@ -76,7 +85,7 @@ class Node:
             self._spawn(http.serve_forever, "http")
 
     def stop(self) -> None:
-        """Stop accepting, close associations, stop the poller; the files and indexes stay consistent."""
+        """Stop accepting, close associations, stop the loops; the files and indexes stay consistent."""
         self._stop.set()
         for server in self._servers:
             server.shutdown()  # type: ignore[attr-defined]
@@ -89,37 +98,73 @@ class Node:
         thread.start()
         self._threads.append(thread)
 
-    def _stored(self, series_uid: str, association: str) -> None:
+    def _stored(self, series_uid: str, association: str, outcome: Outcome) -> None:
+        self.stores.tracker.instance_received(series_uid, association, outcome.starts_run)
         self.metrics.instances_received.inc()
-        self.stores.tracker.instance_received(series_uid, association)
+
+    def _association_ended(self, association: str, aborted: bool) -> None:
+        """Every association that ends, however it ends; a failure here is the poller's to retry."""
+        tracker = self.stores.tracker
+        ended = tracker.association_aborted if aborted else tracker.association_released
+        while not self._stop.is_set() and not self.health.guarded(
+            "association close", lambda: ended(association)
+        ):
+            self._stop.wait(POLL_INTERVAL_S)
 
     def _poll(self) -> None:
-        """Queue complete series and abandoned runs as they appear; retry the outbox; apply retention."""
-        tracker = self.stores.tracker
-        next_retry = time.monotonic() + self.settings.outbox_retry_s
+        """Queue complete series and abandoned runs as they appear; apply retention. Never dies."""
+        backoff = Backoff(POLL_INTERVAL_S)
         next_sweep = next_lost_check = time.monotonic()
-        while not self._stop.wait(POLL_INTERVAL_S):
-            for due in tracker.claim_due():
-                log.info("series %s run %d: complete, queued", due.series_instance_uid, due.run)
-                self.metrics.series_completed.inc()
-                self.jobs.process_series(due.series_instance_uid, due.run)
-            for due in tracker.reclaim():
-                log.warning(
-                    "series %s run %d: its worker is gone, queued again", due.series_instance_uid, due.run
-                )
-                self.jobs.process_series(due.series_instance_uid, due.run)
-            if time.monotonic() >= next_lost_check:
+        while not self._stop.wait(backoff.wait_s):
+            succeeded = self.health.guarded("series poller", self.poll_once)
+            if succeeded and time.monotonic() >= next_lost_check:
                 next_lost_check = time.monotonic() + self.settings.job_lease_s
-                self.requeue_lost_jobs()
-            if time.monotonic() >= next_retry:
-                next_retry = time.monotonic() + self.settings.outbox_retry_s
-                if self.stores.outbox.pending_count():
-                    self.jobs.deliver_outbox()
-            if self.settings.retention_hours is not None and time.monotonic() >= next_sweep:
+                succeeded = self.health.guarded("lost job check", self.requeue_lost_jobs)
+            if succeeded and self.settings.retention_hours is not None and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + RETENTION_SWEEP_S
-                purged = apply_retention(self.stores, self.settings.retention_hours * 3600)
-                if purged:
-                    log.info("retention: spool data of %d delivered series deleted", purged)
+                succeeded = self.health.guarded("retention", self._apply_retention)
+            backoff.after(succeeded)
+
+    def poll_once(self) -> None:
+        """One look for complete series (planned, then queued) and for runs whose worker is gone."""
+        tracker = self.stores.tracker
+        for due in tracker.claim_due():
+            self.metrics.series_completed.inc()
+            self._plan(due)
+            log.info("series %s run %d: complete, queued", due.series_instance_uid, due.run)
+            self.jobs.process_series(due.series_instance_uid, due.run)
+        for due in tracker.reclaim():
+            log.warning(
+                "series %s run %d: its worker is gone, queued again", due.series_instance_uid, due.run
+            )
+            self.jobs.process_series(due.series_instance_uid, due.run)
+
+    def _plan(self, due: DueSeries) -> None:
+        """Record the route and settings the run was claimed with; the worker plans it if this fails."""
+        try:
+            plan = plan_run(self.settings, self.stores.spool, due.series_instance_uid)
+        except Exception as exc:  # an unreadable first instance: the worker fails the run with why
+            log.warning("series %s run %d: not planned (%s)", due.series_instance_uid, due.run, exc)
+            return
+        self.stores.tracker.record_plan(due.series_instance_uid, due.run, plan.model_dump_json())
+
+    def _apply_retention(self) -> None:
+        assert self.settings.retention_hours is not None
+        purged = apply_retention(self.stores, self.settings.retention_hours * 3600)
+        if purged:
+            log.info("retention: spool data of %d delivered series deleted", purged)
+
+    def _deliver(self) -> None:
+        """Outbox rounds: everything pending, every ``outbox_retry_s``. Never dies."""
+        backoff = Backoff(self.settings.outbox_retry_s)
+        backoff.wait_s = 0  # a round at start, for what a previous run of the node left
+        while not self._stop.wait(backoff.wait_s):
+            backoff.after(self.health.guarded("outbox", self.deliver_round))
+
+    def deliver_round(self) -> None:
+        """One outbox round, if anything is pending."""
+        if self.stores.outbox.pending_count():
+            deliver(self.settings, self.stores.outbox, attempts=self.settings.send_attempts)
 
     def requeue_lost_jobs(self) -> list[DueSeries]:
         """Queue again the runs queued ``job_lease_s`` ago or earlier whose job the queue no longer holds.
@@ -143,12 +188,15 @@ class Node:
         return lost
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
-        metrics, status = self.metrics, self.status
+        metrics, status, health = self.metrics, self.status, self.health
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+                code = 200
                 if self.path == "/healthz":
-                    body, content_type = b"ok\n", "text/plain"
+                    problems = health.problems()
+                    code = 503 if problems else 200
+                    body, content_type = ("\n".join(problems or ["ok"]) + "\n").encode(), "text/plain"
                 elif self.path == "/metrics":
                     body, content_type = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
                 elif self.path == "/status":
@@ -156,7 +204,7 @@ class Node:
                 else:
                     self.send_error(404)
                     return
-                self.send_response(200)
+                self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

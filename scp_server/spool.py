@@ -6,11 +6,23 @@ is committed. A crash between the two leaves a file with no row, which
 :meth:`Spool.recover` indexes on the next start, so an acknowledged instance is
 never lost. A partly written file only ever exists under a temporary name and is
 removed on failure (or by :meth:`Spool.recover`).
+
+File names come from UIDs only after :func:`instance_of` has validated them
+(:mod:`n2d_dicom.uids`): a valid UID never starts with a dot nor ends in
+``.tmp``, so no stored instance can ever be mistaken for a temporary file, and
+no UID can name a path outside its series folder.
+
+A SOP Instance UID is stored once. The same instance sent again (same UID, same
+pixel data hash) is a duplicate: acknowledged, not stored again, and it starts
+no new run. The same UID with other pixel data replaces the stored file: the
+sender corrected the instance, and the series must be processed again.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
+import hashlib
 import logging
 import sqlite3
 import threading
@@ -22,8 +34,9 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from n2d_dicom.atomic import atomic_path
-from scp_server.sqlite import Journal, open_database
+from n2d_dicom.atomic import TEMPORARY_SUFFIX, atomic_path
+from n2d_dicom.uids import printable, uid_problem
+from scp_server.sqlite import Journal, add_missing_columns, open_database
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +48,8 @@ CREATE TABLE IF NOT EXISTS instances (
     sop_class_uid TEXT NOT NULL,
     path TEXT NOT NULL,
     calling_aet TEXT NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    pixel_hash TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances (series_instance_uid);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -48,14 +62,38 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 
+#: Identifiers every stored instance must have, each a valid UID.
+IDENTIFIERS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID")
+#: Pixel data elements whose value the duplicate check hashes.
+PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class InvalidIdentifiers(ValueError):
+    """An instance whose identifiers are missing or not valid UIDs; the message names which and why."""
+
+
+class Outcome(enum.Enum):
+    """What :meth:`Spool.store` did with an instance."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    CHANGED = "changed"
+
+    @property
+    def starts_run(self) -> bool:
+        """Whether the instance brings something the series' last run has not seen."""
+        return self is not Outcome.DUPLICATE
+
+
 @dataclass(frozen=True)
 class StoredInstance:
-    """Identifiers of one received instance (no patient data)."""
+    """Identifiers of one received instance (no patient data), and a hash of its pixel data."""
 
     sop_instance_uid: str
     series_instance_uid: str
     study_instance_uid: str
     sop_class_uid: str
+    pixel_hash: str = ""
 
 
 class Spool:
@@ -69,39 +107,56 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = open_database(root / "index.sqlite3", SCHEMA, journal)
+        add_missing_columns(self._db, "instances", {"pixel_hash": "TEXT NOT NULL DEFAULT ''"})
 
     def close(self) -> None:
         """Close the index (the files need no closing)."""
         with self._lock:
             self._db.close()
 
-    def store(self, encoded: bytes, instance: StoredInstance, calling_aet: str) -> bool:
-        """Keep ``encoded`` (a complete DICOM file) durably; ``False`` if it was already stored.
+    def store(self, encoded: bytes, instance: StoredInstance, calling_aet: str) -> Outcome:
+        """Keep ``encoded`` (a complete DICOM file) durably; says whether it was new, a duplicate or changed.
 
-        A second copy of a SOP Instance UID is acknowledged and not stored again.
-        Raises ``OSError`` (e.g. ENOSPC) with nothing half-written left behind.
+        Raises ``OSError`` (e.g. ENOSPC) with nothing half-written left behind,
+        and the instance stored before (if any) left as it was.
         """
-        if self.contains(instance.sop_instance_uid):
-            return False
-        path = (
-            self.instances_dir
-            / _safe(instance.series_instance_uid)
-            / f"{_safe(instance.sop_instance_uid)}.dcm"
-        )
+        known = self._known(instance.sop_instance_uid)
+        if known is not None and known[1] in ("", instance.pixel_hash):
+            return Outcome.DUPLICATE  # an index row from before hashes were kept counts as the same
+        path = self.instance_path(instance)
         with atomic_path(path) as tmp:
             tmp.write_bytes(encoded)
         try:
             self._index(instance, path, calling_aet, time.time())
         except sqlite3.Error as exc:  # e.g. the disk filled between file and row: keep neither
-            path.unlink(missing_ok=True)
+            if known is None:
+                path.unlink(missing_ok=True)
             code = errno.ENOSPC if "full" in str(exc) else errno.EIO
             raise OSError(code, f"spool index: {exc}") from exc
-        return True
+        if known is not None and self.root / known[0] != path:  # it moved to another series
+            (self.root / known[0]).unlink(missing_ok=True)
+        return Outcome.NEW if known is None else Outcome.CHANGED
+
+    def instance_path(self, instance: StoredInstance) -> Path:
+        """Where an instance is kept: ``instances/<series>/<sop>.dcm``, both names validated UIDs."""
+        for uid in (instance.series_instance_uid, instance.sop_instance_uid):
+            problem = uid_problem(uid)
+            if problem is not None:
+                raise InvalidIdentifiers(f"{printable(uid)} is not a valid UID ({problem})")
+        return self.instances_dir / instance.series_instance_uid / f"{instance.sop_instance_uid}.dcm"
+
+    def _known(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        """``(path, pixel hash)`` of a stored instance, or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT path, pixel_hash FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def _index(self, instance: StoredInstance, path: Path, calling_aet: str, received_at: float) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     instance.sop_instance_uid,
                     instance.series_instance_uid,
@@ -110,6 +165,7 @@ class Spool:
                     str(path.relative_to(self.root)),
                     calling_aet,
                     received_at,
+                    instance.pixel_hash,
                 ),
             )
 
@@ -126,11 +182,7 @@ class Spool:
         return path
 
     def contains(self, sop_instance_uid: str) -> bool:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
-            ).fetchone()
-        return row is not None
+        return self._known(sop_instance_uid) is not None
 
     def series_files(self, series_instance_uid: str) -> list[Path]:
         """The stored files of one series."""
@@ -175,7 +227,8 @@ class Spool:
             path.unlink(missing_ok=True)
         with self._lock:
             self._db.execute("DELETE FROM instances WHERE series_instance_uid = ?", (series_instance_uid,))
-        remove_empty_folder(self.instances_dir / _safe(series_instance_uid))
+        for folder in {path.parent for path in files}:
+            remove_empty_folder(folder)
         return len(files)
 
     def purge_quarantine(self, received_before: float) -> int:
@@ -190,40 +243,61 @@ class Spool:
         return len(rows)
 
     def recover(self) -> int:
-        """Index files a crash left stored but unindexed, drop temporary files; returns files indexed."""
+        """Index files a crash left stored but unindexed, drop temporary files; returns files indexed.
+
+        Only names :func:`n2d_dicom.atomic.atomic_path` gives its temporaries are
+        deleted; a file that cannot be indexed (unreadable, or invalid UIDs, as an
+        older version may have stored) is left in place and logged.
+        """
         indexed = 0
         for path in self.instances_dir.rglob("*"):
             if not path.is_file():
                 continue
-            if path.name.startswith("."):
+            if path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIX):
                 path.unlink()  # an interrupted atomic write: never acknowledged
                 continue
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-                instance = instance_of(ds)
-            except (InvalidDicomError, OSError, AttributeError, ValueError):
-                log.warning("spool: unreadable file %s left in place", path)
+                instance = instance_of(pydicom.dcmread(path))
+                expected = self.instance_path(instance)
+            except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+                log.warning("spool: file %s left in place, not indexed: %s", printable(path.name), exc)
                 continue
-            if not self.contains(instance.sop_instance_uid):
+            if not self.contains(instance.sop_instance_uid) and expected == path:
                 self._index(instance, path, "", path.stat().st_mtime)
                 indexed += 1
         return indexed
 
 
 def instance_of(dataset: pydicom.Dataset) -> StoredInstance:
-    """The identifiers the spool needs; ``AttributeError`` names the first one missing."""
+    """The identifiers the spool needs, validated, and the pixel data's hash.
+
+    Raises :class:`InvalidIdentifiers` naming the first identifier missing or invalid.
+    """
     values = {}
-    for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID"):
+    for keyword in IDENTIFIERS:
         value = dataset.get(keyword)
         if not value:
-            raise AttributeError(f"missing {keyword}")
+            raise InvalidIdentifiers(f"missing {keyword}")
+        problem = uid_problem(str(value))
+        if problem is not None:
+            raise InvalidIdentifiers(f"{keyword} {printable(str(value))} is not a valid UID ({problem})")
         values[keyword] = str(value)
     return StoredInstance(
         values["SOPInstanceUID"],
         values["SeriesInstanceUID"],
         values["StudyInstanceUID"],
         values["SOPClassUID"],
+        pixel_hash(dataset),
     )
+
+
+def pixel_hash(dataset: pydicom.Dataset) -> str:
+    """SHA-256 of the pixel data element's value as received ("" when there is none)."""
+    for keyword in PIXEL_ELEMENTS:
+        if keyword in dataset:
+            value = dataset[keyword].value
+            return hashlib.sha256(value if isinstance(value, bytes) else bytes(value or b"")).hexdigest()
+    return ""
 
 
 def remove_empty_folder(folder: Path) -> None:
@@ -232,10 +306,3 @@ def remove_empty_folder(folder: Path) -> None:
         folder.rmdir()
     except OSError:  # absent, or not empty (a late instance arrived meanwhile)
         pass
-
-
-def _safe(uid: str) -> str:
-    """A UID as a file name: UIDs are digits and dots; anything else is refused."""
-    if not uid or any(c not in "0123456789." for c in uid):
-        raise ValueError(f"not a valid UID: {uid!r}")
-    return uid

@@ -26,3 +26,11 @@ def open_database(path: Path, schema: str, journal: Journal = "wal") -> sqlite3.
     connection.execute("PRAGMA synchronous=FULL")
     connection.executescript(schema)
     return connection
+
+
+def add_missing_columns(connection: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add ``columns`` (name -> declaration) that ``table`` lacks: older versions' spools open as-is."""
+    present = {str(row[1]) for row in connection.execute(f"PRAGMA table_info({table})")}
+    for name, declaration in columns.items():
+        if name not in present:
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")

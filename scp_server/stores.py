@@ -32,6 +32,7 @@ class Stores:
             settings.quiet_period_s,
             settings.max_wait_s,
             journal=journal,
+            aborted_grace_s=settings.aborted_grace_s,
         )
         return cls(spool, tracker, Outbox(settings.spool_dir / "outbox.sqlite3", journal))
 

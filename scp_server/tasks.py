@@ -3,15 +3,19 @@
 The tracker is the source of truth for what must be processed; huey carries the
 work to a worker, which may be a thread of ``n2d serve`` or an ``n2d worker``
 process on this or another machine. A job takes its run from the tracker
-(exactly one worker gets it), loads the series from the spool, picks its route,
-denoises it with :mod:`n2d_dicom` (the same functions as ``n2d denoise-dicom``),
-writes the derived instances under ``spool/derived/`` and sends them to every
-destination of the route, renewing its lease all along.
+(exactly one worker gets it), follows the plan recorded when the run was
+claimed (route, settings, destinations: see :class:`RunPlan`), denoises the
+series with :mod:`n2d_dicom` (the same functions as ``n2d denoise-dicom``),
+writes the derived instances under ``spool/derived/``, queues them in the
+outbox and makes one delivery attempt, renewing its lease all along; the node's
+outbox rounds deliver the rest (:mod:`scp_server.delivery`).
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -19,18 +23,21 @@ import pydicom
 import torch
 from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
+from pydantic import BaseModel, ConfigDict, Field
 
-from n2d_dicom.derive import describe_measured
+from n2d_dicom.derive import DerivationSettings, describe_measured
 from n2d_dicom.dicom_denoise import denoise_series, write_instances
 from n2d_dicom.dicom_io import read_dicom_files
+from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings, Route, route_for
+from scp_server.delivery import deliver
+from scp_server.health import Backoff
 from scp_server.leases import new_owner, renewed
+from scp_server.sender import Destination
+from scp_server.spool import Spool
 from scp_server.stores import Stores
 
 log = logging.getLogger(__name__)
-
-#: How long a delivery may hold its outbox rows before another worker may send them.
-SEND_CLAIM_S = 900.0
 
 
 def make_queue(settings: NodeSettings) -> Huey:
@@ -49,8 +56,46 @@ def make_queue(settings: NodeSettings) -> Huey:
     )
 
 
+class RunPlan(BaseModel):
+    """What a run was claimed to do, recorded with the run so that editing the config never changes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    route: Route | None = Field(description="The route that took the series; None: no route matches.")
+    forward_unmatched: list[Destination] = Field(
+        default_factory=list, description="Where objects no route denoises go unchanged."
+    )
+    derivation: DerivationSettings
+
+    def describe(self) -> str:
+        """The route's name, or what happens to a series no route takes."""
+        if self.route is not None:
+            return self.route.name
+        return "forward unchanged" if self.forward_unmatched else "no route"
+
+
+def plan_run(settings: NodeSettings, spool: Spool, series_uid: str) -> RunPlan:
+    """The plan for a series now: the first route that takes it (by its first instance and sender)."""
+    instances = spool.series_instances(series_uid)
+    if not instances:
+        raise NoUsableImage("no stored instance of the series")
+    header = pydicom.dcmread(instances[0][1], stop_before_pixels=True)
+    return RunPlan(
+        route=route_for(settings, header, spool.calling_aet(series_uid)),
+        forward_unmatched=list(settings.forward_unmatched),
+        derivation=settings.derivation,
+    )
+
+
+class NoUsableImage(Exception):
+    """A run found nothing to denoise or forward; the message says why, for ``n2d status``."""
+
+
 class SeriesProcessor:
-    """What a worker does with a job; everything it needs is handed over once at start-up."""
+    """What a worker does with a job; everything it needs is handed over once at start-up.
+
+    A plain object: it runs and is tested without the queue (``processor(series, run)``).
+    """
 
     def __init__(self, settings: NodeSettings, stores: Stores, device: torch.device) -> None:
         self.settings = settings
@@ -69,51 +114,90 @@ class SeriesProcessor:
         with renewed(lambda: tracker.renew(series_uid, run, owner, lease_s), lease_s / 4) as lost:
             try:
                 self._process(series_uid, run)
+            except NoUsableImage as exc:
+                error = f"no usable image: {exc}"
             except Exception as exc:  # the run is recorded as failed, with why, for `n2d retry`
                 log.exception("series %s run %d failed", series_uid, run)
                 error = f"{type(exc).__name__}: {exc}"
-        if lost.is_set() or not tracker.finish(series_uid, run, owner, error):
+            finished = not lost.is_set() and self._finish(series_uid, run, owner, error, lost)
+        if not finished:
             log.warning(
-                "series %s run %d: lease lost while processing (another worker redid it?)", series_uid, run
+                "series %s run %d: lease lost while processing (another worker redoes it)", series_uid, run
             )
         log.info(
-            "series %s run %d: %s in %.1f s", series_uid, run, error or "done", time.perf_counter() - started
-        )
-
-    def _process(self, series_uid: str, run: int) -> None:
-        instances = self.stores.spool.series_instances(series_uid)
-        files = [path for _, path in instances]
-        calling = self.stores.spool.calling_aet(series_uid)
-        header = pydicom.dcmread(files[0], stop_before_pixels=True)
-        route = route_for(self.settings, header, calling)
-        if route is not None:
-            self._denoise_and_queue(series_uid, run, files, route)
-        elif self.settings.forward_unmatched:
-            self._forward_unchanged(series_uid, run, instances)
-        else:
-            log.info("series %s run %d from %s: no route matches, not processed", series_uid, run, calling)
-            return
-        self.deliver_outbox()
-
-    def _forward_unchanged(self, series_uid: str, run: int, instances: list[tuple[str, Path]]) -> None:
-        """Queue the received files themselves for every ``forward_unmatched`` destination."""
-        for destination in self.settings.forward_unmatched:
-            self.stores.outbox.add(instances, destination, series_uid)
-        log.info(
-            "series %s run %d: no route matches, %d instances forwarded unchanged",
+            "series %s run %d: %s in %.1f s",
             series_uid,
             run,
-            len(instances),
+            printable(error, 300) if error else "done",
+            time.perf_counter() - started,
         )
 
-    def _denoise_and_queue(self, series_uid: str, run: int, files: list[Path], route: Route) -> None:
-        found, rejected = read_dicom_files(files)
+    def _finish(
+        self, series_uid: str, run: int, owner: str, error: str | None, lost: threading.Event
+    ) -> bool:
+        """Record the outcome, retrying while the database cannot be written and the lease holds.
+
+        Returns ``False`` if the run is no longer ours; if the lease runs out first
+        the node queues the run again, and the repeat sends nothing twice.
+        """
+        backoff = Backoff(0.5)
+        while not lost.is_set():
+            try:
+                return self.stores.tracker.finish(series_uid, run, owner, error)
+            except sqlite3.Error as exc:
+                log.error("series %s run %d: outcome not recorded yet (%s); retrying", series_uid, run, exc)
+                lost.wait(backoff.after(succeeded=False))
+        return False
+
+    def plan(self, series_uid: str, run: int) -> RunPlan:
+        """The plan recorded when the run was claimed; made and recorded now if there is none."""
+        recorded = self.stores.tracker.plan(series_uid, run)
+        if recorded is not None:
+            return RunPlan.model_validate_json(recorded)
+        plan = plan_run(self.settings, self.stores.spool, series_uid)
+        self.stores.tracker.record_plan(series_uid, run, plan.model_dump_json())
+        return plan
+
+    def _process(self, series_uid: str, run: int) -> None:
+        plan = self.plan(series_uid, run)
+        instances = self.stores.spool.series_instances(series_uid)
+        if plan.route is not None:
+            self._denoise_and_queue(series_uid, run, instances, plan)
+        elif plan.forward_unmatched:
+            self._forward_unchanged(series_uid, run, instances, plan.forward_unmatched, "no route matches")
+        else:
+            log.info("series %s run %d: no route matches, kept in the spool", series_uid, run)
+            return
+        deliver(self.settings, self.stores.outbox, attempts=1, series_instance_uid=series_uid)
+
+    def _forward_unchanged(
+        self,
+        series_uid: str,
+        run: int,
+        instances: list[tuple[str, Path]],
+        destinations: list[Destination],
+        why: str,
+    ) -> None:
+        """Queue received files themselves for ``destinations``."""
+        for destination in destinations:
+            self.stores.outbox.add(instances, destination, series_uid)
+        log.info(
+            "series %s run %d: %s, %d instance(s) forwarded unchanged", series_uid, run, why, len(instances)
+        )
+
+    def _denoise_and_queue(
+        self, series_uid: str, run: int, instances: list[tuple[str, Path]], plan: RunPlan
+    ) -> None:
+        """Denoise what can be, forward what is not an image to denoise, fail if nothing was either."""
+        assert plan.route is not None
+        route = plan.route
+        uid_of = {path: uid for uid, path in instances}
+        found, rejected = read_dicom_files(list(uid_of))
         for skipped in rejected:
             log.warning("series %s: %s not denoised: %s", series_uid, skipped.path.name, skipped.reason)
+        derivation = derivation_for_run(plan.derivation, run)
         for series in found:
-            derived = denoise_series(
-                series, route.n2d, self.settings.derivation, self.device, identity=f"run {run}"
-            )
+            derived = denoise_series(series, route.n2d, derivation, self.device, identity=f"run {run}")
             folder = self.stores.spool.root / "derived" / derived.series_uid
             paths = write_instances(derived.datasets, folder)
             items = [(str(ds.SOPInstanceUID), path) for ds, path in zip(derived.datasets, paths)]
@@ -129,32 +213,35 @@ class SeriesProcessor:
                 derived.seconds,
                 describe_measured(derived.measured),
             )
+        others = [(uid_of[r.path], r.path) for r in rejected if r.forwardable]
+        if others and plan.forward_unmatched:
+            self._forward_unchanged(series_uid, run, others, plan.forward_unmatched, "not images to denoise")
+        elif not found:
+            reasons = sorted({r.reason for r in rejected})
+            raise NoUsableImage(f"{len(rejected)} instance(s) skipped: {'; '.join(reasons)[:500]}")
 
-    def deliver_outbox(self) -> None:
-        """Send everything pending that no other worker is sending (this job's, and any left before)."""
-        settings = self.settings
-        results = self.stores.outbox.deliver(
-            settings.ae_title, settings.send_attempts, settings.send_backoff_s, new_owner(), SEND_CLAIM_S
-        )
-        for result in results:
-            if not result.delivered:
-                log.error(
-                    "%s not delivered (status %s, %s): %s",
-                    result.sop_instance_uid,
-                    "none" if result.status is None else f"0x{result.status:04X}",
-                    result.error,
-                    "refused, kept in the outbox as refused" if result.refused else "kept for a later try",
-                )
+
+def derivation_for_run(derivation: DerivationSettings, run: int) -> DerivationSettings:
+    """Run 1 is labelled as configured; a later run's series says which run it is.
+
+    A later run (a late or corrected instance arrived) is a new derived series
+    with its own Series Instance UID that supersedes the earlier one; the PACS
+    keeps both, and the description tells them apart.
+    """
+    if run == 1:
+        return derivation
+    return derivation.model_copy(
+        update={"series_description_suffix": f"{derivation.series_description_suffix} run {run}"}
+    )
 
 
 class Jobs:
-    """The queue's two tasks; a process that only enqueues never sets a processor."""
+    """The queue's task; a process that only enqueues never sets a processor."""
 
     def __init__(self, queue: Huey) -> None:
         self.queue = queue
         self.processor: SeriesProcessor | None = None
         self.process_series = queue.task(name="process_series")(self._process_series)
-        self.deliver_outbox = queue.task(name="deliver_outbox")(self._deliver_outbox)
 
     def waiting_runs(self) -> set[tuple[str, int]]:
         """``(series, run)`` of every series job still waiting in the queue."""
@@ -171,6 +258,3 @@ class Jobs:
 
     def _process_series(self, series_uid: str, run: int) -> None:
         self._worker()(series_uid, run)
-
-    def _deliver_outbox(self) -> None:
-        self._worker().deliver_outbox()

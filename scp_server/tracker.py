@@ -4,12 +4,20 @@ DICOM has no "end of series" message. Like Orthanc's stable-series rule and
 MONAI Deploy's timeouts, a series counts as complete when the association that
 brought it has been released and no instance has arrived for a quiet period,
 or, whatever the associations do, when it has been receiving for a maximum wait.
+An association that was *aborted* (peer killed, network cut, node crashed) is
+no sign that the sender is done: its series waits ``aborted_grace_s`` for the
+sender to send again (a released association that brings the series ends the
+wait) before it counts as complete with what it has. Associations are named
+``host:pid:id`` (:func:`scp_server.scp.association_key`), so those of a node
+that died are closed as aborted when the next one starts.
 State lives in SQLite beside the spool index, so a restart picks up where it was.
 
 A series moves ``receiving -> queued`` in one conditional UPDATE, so two callers
-can never both claim it. An instance that arrives for a series already queued
-or done starts a new *run* of that series (``run + 1``): it is processed again
-as a whole, never patched into a run that is already being processed.
+can never both claim it. An instance that brings something new for a series
+already queued or done (a new SOP Instance UID, or a changed one) starts a new
+*run* of that series (``run + 1``): it is processed again as a whole, never
+patched into a run that is already being processed. An identical instance sent
+again starts nothing.
 
 A worker takes a queued run with :meth:`SeriesTracker.start` (``queued ->
 processing``, again one conditional UPDATE, so a job delivered twice by the
@@ -28,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scp_server.leases import owner_is_dead
-from scp_server.sqlite import Journal, open_database
+from scp_server.sqlite import Journal, add_missing_columns, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -44,9 +52,13 @@ CREATE TABLE IF NOT EXISTS series (
     owner TEXT,
     lease_until REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    plan TEXT
 );
 """
+#: Columns added since the first schema, for spools written by older versions.
+ADDED_COLUMNS = {"interrupted": "INTEGER NOT NULL DEFAULT 0", "plan": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class RunTimes:
     queued_at: float
     started_at: float
     finished_at: float
+    series_instance_uid: str = ""
 
 
 class SeriesTracker:
@@ -77,19 +90,27 @@ class SeriesTracker:
         max_wait_s: float,
         clock: Callable[[], float] = time.time,
         journal: Journal = "wal",
+        aborted_grace_s: float = 600,
     ) -> None:
         self.quiet_period_s = quiet_period_s
         self.max_wait_s = max_wait_s
+        self.aborted_grace_s = aborted_grace_s
         self._clock = clock
         self._lock = threading.Lock()
         self._db = open_database(database, SCHEMA, journal)
+        add_missing_columns(self._db, "series", ADDED_COLUMNS)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def instance_received(self, series_instance_uid: str, association: str) -> None:
-        """Note an instance stored for ``series_instance_uid`` over ``association``."""
+    def instance_received(self, series_instance_uid: str, association: str, starts_run: bool = True) -> None:
+        """Note an instance stored for ``series_instance_uid`` over ``association``.
+
+        ``starts_run`` is False for an identical copy of an instance already stored:
+        it counts towards a series still receiving, and starts no new run of one
+        that was already complete.
+        """
         now = self._clock()
         with self._lock:
             row = self._db.execute(
@@ -111,17 +132,24 @@ class SeriesTracker:
                     "WHERE series_instance_uid = ?",
                     (now, ",".join(sorted(associations)), series_instance_uid),
                 )
-            else:  # late instance: a new run of the whole series
+            elif starts_run:  # late or changed instance: a new run of the whole series
                 self._db.execute(
                     "UPDATE series SET run = run + 1, state = 'receiving', first_received = ?, "
                     "last_received = ?, open_associations = ?, queued_at = NULL, started_at = NULL, "
-                    "finished_at = NULL, owner = NULL, lease_until = NULL, attempts = 0, error = NULL "
-                    "WHERE series_instance_uid = ?",
+                    "finished_at = NULL, owner = NULL, lease_until = NULL, attempts = 0, error = NULL, "
+                    "interrupted = 0, plan = NULL WHERE series_instance_uid = ?",
                     (now, now, association, series_instance_uid),
                 )
 
     def association_released(self, association: str) -> None:
-        """The association ended (released or aborted): its series may now become complete."""
+        """The association was released: the sender is done with its series."""
+        self._association_ended(association, aborted=False)
+
+    def association_aborted(self, association: str) -> None:
+        """The association ended without a release: its series wait for the sender to send again."""
+        self._association_ended(association, aborted=True)
+
+    def _association_ended(self, association: str, aborted: bool) -> None:
         with self._lock:
             rows = self._db.execute(
                 "SELECT series_instance_uid, open_associations FROM series WHERE state = 'receiving'"
@@ -130,9 +158,30 @@ class SeriesTracker:
                 associations = set(filter(None, open_associations.split(",")))
                 if association in associations:
                     self._db.execute(
-                        "UPDATE series SET open_associations = ? WHERE series_instance_uid = ?",
-                        (",".join(sorted(associations - {association})), uid),
+                        "UPDATE series SET open_associations = ?, interrupted = ? "
+                        "WHERE series_instance_uid = ?",
+                        (",".join(sorted(associations - {association})), int(aborted), uid),
                     )
+
+    def close_dead_associations(self) -> int:
+        """Close, as aborted, the open associations of processes of this host that no longer exist.
+
+        Keys that name no process (written by an older version) count as dead:
+        only the running process can hold an association. Returns how many were closed.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT open_associations FROM series WHERE state = 'receiving' AND open_associations != ''"
+            ).fetchall()
+        dead = {
+            key
+            for (open_associations,) in rows
+            for key in open_associations.split(",")
+            if key and (key.count(":") < 2 or owner_is_dead(key))
+        }
+        for key in dead:
+            self.association_aborted(key)
+        return len(dead)
 
     def claim_due(self) -> list[DueSeries]:
         """Series that are complete now, each moved to ``queued`` and returned exactly once."""
@@ -140,10 +189,28 @@ class SeriesTracker:
         with self._lock:
             rows = self._db.execute(
                 "SELECT series_instance_uid, run FROM series WHERE state = 'receiving' AND ("
-                "(open_associations = '' AND last_received <= ?) OR first_received <= ?)",
-                (now - self.quiet_period_s, now - self.max_wait_s),
+                "(open_associations = '' AND last_received <= "
+                "CASE interrupted WHEN 0 THEN ? ELSE ? END) OR first_received <= ?)",
+                (now - self.quiet_period_s, now - self.aborted_grace_s, now - self.max_wait_s),
             ).fetchall()
             return self._move(rows, "receiving", now)
+
+    def record_plan(self, series_instance_uid: str, run: int, plan: str) -> None:
+        """Keep what a run was claimed to do (route and settings, as JSON), so config edits leave it be."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE series SET plan = ? WHERE series_instance_uid = ? AND run = ?",
+                (plan, series_instance_uid, run),
+            )
+
+    def plan(self, series_instance_uid: str, run: int) -> str | None:
+        """The plan recorded for a run, or ``None`` (not recorded yet, or another run now)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT plan FROM series WHERE series_instance_uid = ? AND run = ?",
+                (series_instance_uid, run),
+            ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def start(self, series_instance_uid: str, run: int, owner: str, lease_s: float) -> bool:
         """Take a queued run for ``owner``; ``False`` if it is not queued (done, taken, superseded)."""
@@ -270,7 +337,7 @@ class SeriesTracker:
         """Timings of the latest finished runs, for queue wait and latency figures."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT first_received, queued_at, started_at, finished_at FROM series "
+                "SELECT first_received, queued_at, started_at, finished_at, series_instance_uid FROM series "
                 "WHERE state IN ('done', 'purged') AND started_at IS NOT NULL "
                 "ORDER BY finished_at DESC LIMIT ?",
                 (limit,),

@@ -9,11 +9,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pydicom
 import pytest
 import redis
 import yaml
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from tests.conftest import dcmtk
@@ -31,28 +30,6 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> 
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listening on {port} after {timeout} s")
-
-
-@pytest.fixture
-def pacs(request):
-    """A receiving SCP standing in for the PACS; collects the datasets it is sent.
-
-    Parametrise with a number of seconds to make it answer each C-STORE that slowly.
-    """
-    received: list[pydicom.Dataset] = []
-    delay = getattr(request, "param", 0)
-
-    def handle(event):
-        received.append(event.dataset)
-        time.sleep(delay)
-        return 0x0000
-
-    ae = AE(ae_title="PACS")
-    ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
-    yield port, received
-    server.shutdown()
 
 
 def write_config(tmp_path: Path, pacs_port: int, **n2d: object) -> tuple[Path, dict]:

@@ -73,7 +73,7 @@ def test_retry_queues_failed_runs_and_refused_deliveries_again(stores, settings)
     derived(stores, "1.2", 0xA900)
     queue = make_queue(settings)
     assert retry(stores, Jobs(queue)) == (1, 1)
-    assert queue.pending_count() == 2  # one series job, one delivery
+    assert queue.pending_count() == 1  # the series job; deliveries are the node's outbox rounds' work
     assert stores.tracker.state("1.1") == ("queued", 1)
     assert stores.outbox.pending_count() == 1
 
@@ -131,3 +131,27 @@ def test_node_commands_refuse_a_config_without_a_spool_and_purge_without_a_targe
     assert shown.returncode == 1 and "no spool here" in shown.stderr
     purged = subprocess.run([str(N2D), "purge", "--config", str(config)], capture_output=True, text=True)
     assert purged.returncode == 1 and "nothing to purge" in purged.stderr
+
+
+def test_receive_to_delivered_counts_only_runs_that_were_delivered(stores, settings):
+    """Finding 10: the latency figures included runs whose derived series was never delivered."""
+    received_and_done(stores, "1.1")
+    derived(stores, "1.1", None)  # pending: the destination is down
+    status = node_status(stores, make_queue(settings))
+    assert status.recent_runs.count == 1 and status.recent_runs.end_to_end_s is None
+    derived_path = stores.spool.root / "derived" / "91.1" / "91.1.1.dcm"
+    stores.outbox.record([SendResult(derived_path, "91.1.1", 0x0000)], PACS)
+    assert node_status(stores, make_queue(settings)).recent_runs.end_to_end_s is not None
+
+
+def test_status_shows_the_route_a_run_in_flight_was_claimed_with(stores, settings):
+    instance = StoredInstance("1.3.1", "1.3", "1.2", "1.2.840.10008.5.1.4.1.1.2")
+    stores.spool.store(b"DICM", instance, "CT01")
+    stores.tracker.instance_received("1.3", "a")
+    stores.tracker.association_released("a")
+    stores.tracker.max_wait_s = 0
+    stores.tracker.claim_due()
+    stores.tracker.record_plan("1.3", 1, '{"route": {"name": "ct", "n2d": {"iterations": 7}}}')
+    assert stores.tracker.start("1.3", 1, "w:1:a", 60)
+    (job,) = node_status(stores, make_queue(settings)).in_flight
+    assert (job.route, job.n2d) == ("ct", {"iterations": 7})

@@ -1,11 +1,14 @@
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 
+import pydicom
 import pytest
 
-from scp_server.outbox import MISSING, Outbox
-from scp_server.sender import Destination, SendResult
+from scp_server.outbox import MISSING, Outbox, destination_key
+from scp_server.sender import Destination, DestinationTLS, SendResult
+from tests.n2d_dicom.conftest import data_file
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
 VIEWER = Destination(ae_title="VIEWER", host="127.0.0.1", port=105)
@@ -90,3 +93,65 @@ def test_refused_rows_can_be_retried_or_forgotten(outbox, tmp_path):
     assert outbox.settled("9.1")
     assert outbox.forget("9.1") == [tmp_path / "1.1.dcm"]
     assert outbox.counts() == {}
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_every_failed_attempt_is_recorded_with_its_reason(outbox, tmp_path):
+    """Finding 10: rows that failed with 'no association' kept attempts=0 and no error."""
+    down = Destination(ae_title="PACS", host="127.0.0.1", port=closed_port())
+    path = tmp_path / "1.1.dcm"
+    write_ct(path, "1.1")
+    outbox.add([("1.1", path)], down, "9.1")
+    (result,) = outbox.deliver("N2D", attempts=2, backoff_s=0, owner="w:1:a", claim_s=60)
+    assert not result.delivered
+    (row,) = outbox.rows()
+    assert (row.state, row.attempts, row.last_error) == ("pending", 2, "no association")
+    assert [error for *_, error in outbox.errors()] == ["no association"]
+
+
+def test_rows_name_their_destination_by_a_stable_key_so_config_edits_keep_them(outbox, tmp_path):
+    """Editing a destination's other fields (here its TLS) must not orphan its pending rows."""
+    outbox.add(items(tmp_path, "1.1"), PACS, "9.1")
+    edited = PACS.model_copy(update={"tls": DestinationTLS(server_name="pacs.example")})
+    claimed = outbox.claim("w:1:a", 60, current={destination_key(edited): edited})
+    assert list(claimed) == [edited]
+    assert outbox.counts() == {"PACS@127.0.0.1:104": {"pending": 1}}
+
+
+def test_a_claim_can_be_limited_to_one_series(outbox, tmp_path):
+    outbox.add(items(tmp_path, "1.1"), PACS, "9.1")
+    outbox.add(items(tmp_path, "2.1"), PACS, "9.2")
+    assert [p.name for p in outbox.claim("w:1:a", 60, series_instance_uid="9.2")[PACS]] == ["2.1.dcm"]
+
+
+def test_rows_written_by_an_older_version_are_keyed_again(tmp_path):
+    database = tmp_path / "outbox.sqlite3"
+    old = sqlite3.connect(database)
+    old.execute(
+        "CREATE TABLE outbox (sop_instance_uid TEXT NOT NULL, destination TEXT NOT NULL, path TEXT NOT NULL, "
+        "series_instance_uid TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending', status INTEGER, "
+        "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, updated_at REAL NOT NULL, owner TEXT, "
+        "claimed_until REAL, PRIMARY KEY (sop_instance_uid, destination))"
+    )
+    old.execute(
+        "INSERT INTO outbox (sop_instance_uid, destination, path, series_instance_uid, updated_at) "
+        "VALUES ('1.1', ?, '/x/1.1.dcm', '9.1', 0)",
+        (PACS.model_dump_json(),),
+    )
+    old.commit()
+    old.close()
+    outbox = Outbox(database)
+    assert outbox.counts() == {"PACS@127.0.0.1:104": {"pending": 1}}
+    assert list(outbox.claim("w:1:a", 60)) == [PACS]
+    outbox.close()
+
+
+def write_ct(path: Path, sop_instance_uid: str) -> None:
+    dataset = pydicom.dcmread(data_file("CT_small.dcm"))
+    dataset.SOPInstanceUID = sop_instance_uid
+    dataset.save_as(path, enforce_file_format=True)

@@ -1,7 +1,9 @@
 """The node's C-STORE/C-ECHO SCP, talked to over loopback by real peers (pynetdicom and dcmtk)."""
 
-import socket
+import contextlib
 import subprocess
+import sys
+from pathlib import Path
 
 import pydicom
 import pynetdicom
@@ -12,16 +14,10 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from scp_server.config import NodeSettings
 from scp_server.scp import start_scp
 from scp_server.spool import Spool
-from tests.conftest import dcmtk
+from tests.conftest import dcmtk, free_port
 from tests.n2d_dicom.conftest import data_file, write_ct_series
 
 CALLER = "STORESCU"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -33,6 +29,17 @@ def node(tmp_path):
     yield settings, spool
     server.shutdown()
     spool.close()
+
+
+@contextlib.contextmanager
+def started_with_hook(settings: NodeSettings, spool: Spool, on_stored):
+    """A second SCP on the same spool, whose ``on_stored`` hook the test hears; yields its port."""
+    port = free_port()
+    server = start_scp(settings.model_copy(update={"port": port}), spool, on_stored)
+    try:
+        yield port
+    finally:
+        server.shutdown()
 
 
 def associate(settings: NodeSettings, calling: str = CALLER, called: str | None = None):
@@ -241,3 +248,78 @@ def test_only_allowed_source_networks_may_connect(tmp_path, networks, accepted):
     finally:
         server.shutdown()
         spool.close()
+
+
+INVALID_UIDS = {
+    "dot-dot series": ("SeriesInstanceUID", ".."),
+    "leading-dot SOP instance": ("SOPInstanceUID", ".5.6"),
+    "path in study": ("StudyInstanceUID", "../../etc/passwd"),
+    "250 characters": ("SOPInstanceUID", "1." + "2" * 248),
+    "300 characters": ("SeriesInstanceUID", "1." + "3" * 298),
+    "empty component": ("SOPInstanceUID", "1.2..3"),
+    "trailing dot": ("SeriesInstanceUID", "1.2.3."),
+    "letters": ("SOPInstanceUID", "1.2.840.abc"),
+    "newline": ("SOPInstanceUID", "1.2.3\n4"),
+}
+
+
+def lax_store(settings: NodeSettings, *datasets: pydicom.Dataset, folder: Path) -> list[int | None]:
+    """Send ``datasets`` with :mod:`tests.peers.lax_storescu` (no UID checks on the sending side)."""
+    files = []
+    for index, dataset in enumerate(datasets):
+        files.append(folder / f"{index}.dcm")
+        dataset.save_as(files[-1], enforce_file_format=True)
+    sent = subprocess.run(
+        [sys.executable, "-m", "tests.peers.lax_storescu", str(settings.port), CALLER, settings.ae_title]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[2],
+    )
+    assert sent.returncode == 0, sent.stderr
+    return [None if line == "none" else int(line, 16) for line in sent.stdout.split()]
+
+
+@pytest.mark.parametrize("keyword, uid", INVALID_UIDS.values(), ids=INVALID_UIDS.keys())
+def test_an_invalid_uid_is_refused_with_c211_and_quarantined_never_stored(node, keyword, uid, tmp_path):
+    """Findings 4 and 5: invalid UIDs were stored (even as dot-files and outside the spool) or got 0xA700."""
+    settings, spool = node
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    source.SOPInstanceUID = "1.2.826.0.1.3680043.10.511.77.1"
+    setattr(source, keyword, uid)
+    assert lax_store(settings, source, folder=tmp_path) == [0xC211]
+    ((path, reason),) = spool.quarantined()
+    assert keyword in reason and path.is_file()
+    assert not any(p.is_file() for p in spool.instances_dir.rglob("*"))
+    assert sorted(p.name for p in settings.spool_dir.iterdir()) == [
+        "index.sqlite3",
+        "index.sqlite3-shm",
+        "index.sqlite3-wal",
+        "instances",
+        "quarantine",
+    ]
+
+
+def test_a_uid_with_leading_zeros_is_accepted_as_many_modalities_write_them(node):
+    settings, spool = node
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    source.SOPInstanceUID = "1.2.840.0123.5"
+    assert store(settings, source) == [0x0000]
+    assert spool.contains("1.2.840.0123.5")
+
+
+def test_an_identical_copy_is_a_duplicate_and_changed_pixels_replace_the_stored_file(node):
+    """Finding 11: the spool tells a re-send from a corrected instance."""
+    settings, spool = node
+    seen: list[str] = []
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    with started_with_hook(
+        settings, spool, lambda series, assoc, outcome: seen.append(outcome.value)
+    ) as port:
+        changed = pydicom.dcmread(data_file("CT_small.dcm"))
+        changed.PixelData = bytes(len(changed.PixelData))
+        assert store(settings.model_copy(update={"port": port}), source, source, changed) == [0, 0, 0]
+    assert seen == ["new", "duplicate", "changed"]
+    (path,) = spool.series_files(source.SeriesInstanceUID)
+    assert pydicom.dcmread(path).PixelData == changed.PixelData

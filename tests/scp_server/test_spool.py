@@ -1,6 +1,7 @@
 import pydicom
+import pytest
 
-from scp_server.spool import Spool, instance_of
+from scp_server.spool import InvalidIdentifiers, Outcome, Spool, instance_of
 from tests.n2d_dicom.conftest import data_file
 
 
@@ -25,4 +26,32 @@ def test_index_survives_reopening(tmp_path):
     spool.close()
     reopened = Spool(tmp_path)
     assert reopened.contains(source.SOPInstanceUID)
-    assert not reopened.store(b"DICM bytes", instance_of(source), "STORESCU")
+    assert reopened.store(b"DICM bytes", instance_of(source), "STORESCU") is Outcome.DUPLICATE
+
+
+def test_every_identifier_is_validated_the_sop_class_too():
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    source.SOPClassUID = "1.2.840.abc"
+    with pytest.raises(InvalidIdentifiers, match="SOPClassUID"):
+        instance_of(source)
+
+
+def test_recover_keeps_files_that_are_not_its_temporaries(tmp_path):
+    """Finding 4: an acknowledged instance stored as `.5.6.dcm` was deleted on restart as a temporary."""
+    spool = Spool(tmp_path)
+    folder = spool.instances_dir / "1.2.3"
+    folder.mkdir(parents=True)
+    legacy = folder / ".5.6.dcm"  # as an older version stored SOP Instance UID .5.6
+    pydicom.dcmread(data_file("CT_small.dcm")).save_as(legacy, enforce_file_format=True)
+    spool.recover()
+    assert legacy.is_file()
+
+
+def test_store_says_whether_an_instance_is_new_a_duplicate_or_changed(tmp_path):
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    spool = Spool(tmp_path)
+    assert spool.store(b"one", instance_of(source), "CT01") is Outcome.NEW
+    assert spool.store(b"one", instance_of(source), "CT01") is Outcome.DUPLICATE
+    source.PixelData = bytes(len(source.PixelData))
+    assert spool.store(b"two", instance_of(source), "CT01") is Outcome.CHANGED
+    assert spool.series_files(source.SeriesInstanceUID)[0].read_bytes() == b"two"

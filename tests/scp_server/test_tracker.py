@@ -190,3 +190,66 @@ def test_runs_queued_long_ago_and_not_taken_are_listed(tracker, clock):
     clock.now += 1
     assert tracker.start("4.5.6", 1, "host:1:a", lease_s=60)
     assert tracker.queued_longer_than(60) == [DueSeries("1.2.3", 1)]
+
+
+def test_an_aborted_association_does_not_complete_the_series_after_the_quiet_period(tracker, clock):
+    """Finding 11: a modality killed mid-series must not get a partial derived series."""
+    tracker.instance_received("1.2.3", "a")
+    tracker.association_aborted("a")
+    clock.now += 30
+    assert tracker.claim_due() == []
+    tracker.instance_received("1.2.3", "b")  # the modality sends the series again
+    tracker.association_released("b")
+    clock.now += 30
+    assert tracker.claim_due() == [DueSeries("1.2.3", 1)]
+
+
+def test_an_aborted_series_nobody_resends_is_complete_after_the_grace_period(tmp_path, clock):
+    tracker = SeriesTracker(tmp_path / "t.sqlite3", 10, 3600, clock=clock, aborted_grace_s=300)
+    tracker.instance_received("1.2.3", "a")
+    tracker.association_aborted("a")
+    clock.now += 299
+    assert tracker.claim_due() == []
+    clock.now += 2
+    assert tracker.claim_due() == [DueSeries("1.2.3", 1)]
+    tracker.close()
+
+
+def test_associations_of_a_dead_process_are_closed_as_aborted_on_start(tracker, clock):
+    """Finding 1: a node killed during reception left its associations open until max_wait_s."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tracker.instance_received("1.2.3", f"{socket.gethostname()}:{dead.pid}:abc")
+    tracker.instance_received("1.2.3", f"{socket.gethostname()}:{os.getpid()}:def")
+    assert tracker.close_dead_associations() == 1
+    tracker.association_released(f"{socket.gethostname()}:{os.getpid()}:def")
+    clock.now += 30
+    assert tracker.claim_due() == [DueSeries("1.2.3", 1)]
+
+
+def test_a_duplicate_after_completion_starts_no_run_and_a_changed_instance_does(tracker, clock):
+    """Finding 11: re-sent identical instances must not produce a second derived series."""
+    tracker.instance_received("1.2.3", "a")
+    tracker.association_released("a")
+    clock.now += 30
+    assert tracker.claim_due() == [DueSeries("1.2.3", 1)]
+    tracker.instance_received("1.2.3", "b", starts_run=False)
+    tracker.association_released("b")
+    clock.now += 30
+    assert tracker.claim_due() == []
+    assert tracker.state("1.2.3") == ("queued", 1)
+    tracker.instance_received("1.2.3", "c", starts_run=True)
+    tracker.association_released("c")
+    clock.now += 30
+    assert tracker.claim_due() == [DueSeries("1.2.3", 2)]
+
+
+def test_the_plan_a_run_was_claimed_with_is_kept_with_the_run(tracker, clock):
+    tracker.instance_received("1.2.3", "a")
+    tracker.association_released("a")
+    clock.now += 30
+    tracker.claim_due()
+    assert tracker.plan("1.2.3", 1) is None
+    tracker.record_plan("1.2.3", 1, '{"route": "ct"}')
+    assert tracker.plan("1.2.3", 1) == '{"route": "ct"}'
+    assert tracker.plan("1.2.3", 2) is None

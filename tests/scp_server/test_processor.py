@@ -1,0 +1,135 @@
+"""The job's core without the queue: route, denoise, write, outbox, lease, on real stores and a real peer."""
+
+from pathlib import Path
+
+import pydicom
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+
+from scp_server.config import NodeSettings
+from scp_server.outbox import destination_key
+from scp_server.spool import instance_of
+from scp_server.stores import Stores
+from scp_server.tasks import SeriesProcessor, plan_run
+from tests.n2d_dicom.conftest import write_ct_series
+from tests.scp_server.test_outbox import closed_port
+
+CALLER = "CT01"
+
+
+def node_settings(tmp_path: Path, pacs_port: int, **overrides: object) -> NodeSettings:
+    values: dict = {
+        "spool_dir": tmp_path / "spool",
+        "allowed_calling_aets": [CALLER],
+        "send_attempts": 3,
+        "send_backoff_s": 0.1,
+        "routes": [
+            {
+                "name": "ct",
+                "match": {"modalities": ["CT"]},
+                "n2d": {"iterations": 3, "channels": 8, "mode": "per-series"},
+                "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}],
+            }
+        ],
+    }
+    values.update(overrides)
+    return NodeSettings(**values)
+
+
+@pytest.fixture
+def stores(tmp_path):
+    opened: list[Stores] = []
+
+    def open_for(settings: NodeSettings) -> Stores:
+        opened.append(Stores.open(settings))
+        return opened[-1]
+
+    yield open_for
+    for each in opened:
+        each.close()
+
+
+def received(stores: Stores, files: list[Path]) -> tuple[str, int]:
+    """Store ``files`` as one association would, and claim their series; returns ``(series, run)``."""
+    for path in files:
+        instance = instance_of(pydicom.dcmread(path))
+        outcome = stores.spool.store(path.read_bytes(), instance, CALLER)
+        stores.tracker.instance_received(instance.series_instance_uid, "a", outcome.starts_run)
+    stores.tracker.association_released("a")
+    stores.tracker.quiet_period_s = 0
+    (due,) = stores.tracker.claim_due()
+    return due.series_instance_uid, due.run
+
+
+def test_a_complete_series_is_denoised_and_delivered_without_any_queue(tmp_path, stores, pacs):
+    port, delivered = pacs
+    settings = node_settings(tmp_path, port)
+    opened = stores(settings)
+    series, run = received(opened, write_ct_series(tmp_path, [0, 5, 10]))
+    SeriesProcessor(settings, opened, torch.device("cpu"))(series, run)
+    assert opened.tracker.state(series) == ("done", 1)
+    assert len(delivered) == 3 and {ds.SeriesInstanceUID for ds in delivered} != {series}
+
+
+def test_a_run_follows_the_plan_it_was_claimed_with_not_a_config_edited_since(tmp_path, stores, pacs):
+    port, delivered = pacs
+    claimed_with = node_settings(tmp_path, port)
+    opened = stores(claimed_with)
+    series, run = received(opened, write_ct_series(tmp_path, [0, 5]))
+    opened.tracker.record_plan(series, run, plan_run(claimed_with, opened.spool, series).model_dump_json())
+    edited = node_settings(tmp_path, closed_port(), routes=[])  # the route is gone, the PACS moved
+    SeriesProcessor(edited, opened, torch.device("cpu"))(series, run)
+    assert len(delivered) == 2
+    assert {row.destination for row in opened.outbox.rows()} == {f"PACS@127.0.0.1:{port}"}
+
+
+def test_a_series_with_no_usable_image_fails_with_the_reason(tmp_path, stores, pacs):
+    """Finding 12: such a series ended `done`, with nothing sent and no error."""
+    port, delivered = pacs
+    settings = node_settings(tmp_path, port)
+    opened = stores(settings)
+    files = write_ct_series(tmp_path, [0, 5])
+    for path in files:
+        dataset = pydicom.dcmread(path)
+        dataset.PixelData = dataset.PixelData[:100]  # truncated: cannot be decoded
+        dataset.save_as(path, enforce_file_format=True)
+    series, run = received(opened, files)
+    SeriesProcessor(settings, opened, torch.device("cpu"))(series, run)
+    assert opened.tracker.state(series) == ("failed", 1)
+    ((_, _, _, error),) = opened.tracker.errors()
+    assert error.startswith("no usable image: 2 instance(s) skipped: cannot decode pixel data")
+    assert delivered == []
+
+
+def test_a_destination_that_is_down_costs_the_job_one_attempt(tmp_path, stores):
+    """Finding 13: the single worker spent every send attempt's backoff per series while others waited."""
+    settings = node_settings(tmp_path, closed_port(), send_attempts=5, send_backoff_s=0.2)
+    opened = stores(settings)
+    series, run = received(opened, write_ct_series(tmp_path, [0, 5]))
+    SeriesProcessor(settings, opened, torch.device("cpu"))(series, run)
+    assert opened.tracker.state(series) == ("done", 1)
+    rows = opened.outbox.rows()
+    assert [(row.state, row.attempts, row.last_error) for row in rows] == [
+        ("pending", 1, "no association")
+    ] * 2
+
+
+def test_objects_that_are_not_images_to_denoise_are_forwarded_unchanged(tmp_path, stores, pacs):
+    """Finding 16, the node's side: a route that matches any modality got an RT Dose grid denoised."""
+    port, delivered = pacs
+    viewer = {"ae_title": "VIEWER", "host": "127.0.0.1", "port": port}
+    any_modality = {
+        "name": "any",
+        "n2d": {"iterations": 3, "channels": 8},
+        "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": port}],
+    }
+    settings = node_settings(tmp_path, port, forward_unmatched=[viewer], routes=[any_modality])
+    opened = stores(settings)
+    dose = pydicom.dcmread(get_testdata_file("rtdose.dcm"))
+    series, run = received(opened, [Path(get_testdata_file("rtdose.dcm"))])
+    SeriesProcessor(settings, opened, torch.device("cpu"))(series, run)
+    assert opened.tracker.state(series) == ("done", 1)
+    assert [(row.destination, row.sop_instance_uid) for row in opened.outbox.rows()] == [
+        (destination_key(settings.forward_unmatched[0]), dose.SOPInstanceUID)
+    ]
