@@ -1,0 +1,630 @@
+"""The node's listener, attacked and stressed over loopback with raw sockets and real pynetdicom peers.
+
+Each test names the behaviour it pins down: associations reported closed exactly once however they
+end, bounded memory and time before an association is negotiated, and ``max_associations`` counting
+negotiated associations only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.events import Event
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from scp_server.config import NodeSettings, TLSSettings
+from scp_server.scp import build_ae, start_scp
+from scp_server.spool import Spool
+from scp_server.transport import NodeServer, serve
+from tests.n2d_dicom.conftest import data_file
+from tests.scp_server.test_scp import CALLER, free_port
+
+#: Upper bound on any wait in these tests; reaching it means the behaviour is missing, not slow.
+PATIENCE_S = 15.0
+LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), diagnostic
+
+# --- raw DICOM upper layer -------------------------------------------------------------------------
+
+
+def pdu(pdu_type: int, body: bytes) -> bytes:
+    return struct.pack(">BBL", pdu_type, 0, len(body)) + body
+
+
+def item(item_type: int, body: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(body)) + body
+
+
+def association_request(calling: str = CALLER, called: str = "N2D", padding: int = 0) -> bytes:
+    """An A-ASSOCIATE-RQ proposing CT Image Storage in Implicit VR Little Endian as context 1.
+
+    ``padding`` adds made-up transfer syntaxes to that context, about 40 bytes each.
+    """
+    syntaxes = [ImplicitVRLittleEndian] + [f"1.2.826.0.1.3680043.9.7433.9.{n}" for n in range(padding)]
+    proposed = b"".join(item(0x40, uid.encode()) for uid in syntaxes)
+    context = bytes([1, 0, 0, 0]) + item(0x30, CTImageStorage.encode()) + proposed
+    user = item(0x51, struct.pack(">L", 16384)) + item(0x52, b"1.2.826.0.1.3680043.9.7433.1")
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called.ljust(16).encode()
+        + calling.ljust(16).encode()
+        + bytes(32)
+        + item(0x10, b"1.2.840.10008.3.1.1.1")
+        + item(0x20, context)
+        + item(0x50, user)
+    )
+    return pdu(0x01, body)
+
+
+def receive_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError(f"peer closed after {len(data)} of {count} bytes")
+        data += chunk
+    return data
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    pdu_type, _, length = struct.unpack(">BBL", receive_exactly(sock, 6))
+    return pdu_type, receive_exactly(sock, length)
+
+
+def raw_associate(port: int) -> socket.socket:
+    """A raw socket with an association established (A-ASSOCIATE-AC received)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
+    sock.sendall(association_request())
+    pdu_type, _ = read_pdu(sock)
+    assert pdu_type == 0x02, f"expected A-ASSOCIATE-AC, got PDU type {pdu_type:#04x}"
+    return sock
+
+
+def raw_store(sock: socket.socket, dataset: pydicom.Dataset, message_id: int) -> int:
+    """Send a C-STORE-RQ on presentation context 1 and return the status of its C-STORE-RSP."""
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = dataset.SOPClassUID
+    request.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+    request.Priority = 2
+    encoded = encode(dataset, True, True)
+    assert encoded is not None
+    request.DataSet = BytesIO(encoded)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    for primitive in message.encode_msg(1, 16382):
+        sock.sendall(P_DATA_TF(primitive).encode())
+    pdu_type, body = read_pdu(sock)
+    assert pdu_type == 0x04, f"expected P-DATA-TF, got PDU type {pdu_type:#04x}"
+    command = decode(BytesIO(body[6:]), True, True)  # item length (4), context (1), control header (1)
+    return int(command.Status)
+
+
+def command_pdu(command: bytes) -> bytes:
+    """A well-framed P-DATA-TF carrying ``command`` as the last fragment of a command set."""
+    value = bytes([1, 0x03]) + command  # presentation context 1, command + last fragment
+    return pdu(0x04, struct.pack(">L", len(value)) + value)
+
+
+def closed_by_peer(sock: socket.socket, within_s: float = PATIENCE_S, trickle: bool = False) -> bool:
+    """Whether the node closes ``sock`` within ``within_s`` (reading and discarding what it sends).
+
+    With ``trickle`` one byte is sent every 0.2 s meanwhile, as a slow peer would.
+    """
+    deadline = time.monotonic() + within_s
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            pass
+        except OSError:  # reset
+            return True
+        if trickle:
+            try:
+                sock.send(b"\x00")
+            except OSError:
+                return True
+    return False
+
+
+def establish(settings: NodeSettings, calling: str = CALLER) -> Association:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = PATIENCE_S
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    return ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
+
+
+def wait_for(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + PATIENCE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+def node_settings(tmp_path: Path, **overrides: object) -> NodeSettings:
+    return NodeSettings(
+        port=free_port(),
+        allowed_calling_aets=[CALLER],
+        spool_dir=tmp_path / "spool",
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+class Recorder:
+    """Collects ``on_closed`` calls and the association objects the C-STORE handler saw."""
+
+    def __init__(self) -> None:
+        self.closed: list[tuple[Association, str]] = []
+        self.stored_by: list[Association] = []
+        self.aborted_events: list[Association] = []
+        self.aborted_before_closed: list[bool] = []
+        self.changed = threading.Condition()
+
+    def on_closed(self, assoc: Association, how: str) -> None:
+        with self.changed:
+            self.closed.append((assoc, how))
+            self.aborted_before_closed.append(assoc in self.aborted_events)
+            self.changed.notify_all()
+
+    def on_store(self, event: Event) -> int:
+        self.stored_by.append(event.assoc)
+        return 0x0000
+
+    def on_aborted(self, event: Event) -> None:
+        self.aborted_events.append(event.assoc)
+
+    def wait_closed(self, count: int) -> list[tuple[Association, str]]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.closed) >= count, PATIENCE_S), (
+                f"{len(self.closed)} association(s) reported closed, expected {count}"
+            )
+            return list(self.closed)
+
+
+@pytest.fixture
+def listening(tmp_path: Path) -> Iterator[tuple[NodeSettings, Recorder, NodeServer]]:
+    """A node (``build_ae`` + ``serve``) that records closes and C-STOREs; stopped after the test."""
+    settings = node_settings(tmp_path, max_associations=3, acse_timeout_s=30)
+    recorder = Recorder()
+    handlers = [(evt.EVT_C_STORE, recorder.on_store), (evt.EVT_ABORTED, recorder.on_aborted)]
+    server = serve(build_ae(settings), settings, handlers, on_closed=recorder.on_closed)
+    yield settings, recorder, server
+    server.shutdown()
+
+
+def ct() -> pydicom.Dataset:
+    return pydicom.dcmread(data_file("CT_small.dcm"))
+
+
+# --- finding 2: every association that ends is reported exactly once -------------------------------
+
+
+MALFORMED_COMMANDS = {
+    "random bytes": random.Random(2).randbytes(96),
+    # (0000,0800) CommandDataSetType only: a decodable command set without CommandField
+    "no CommandField": struct.pack("<HHLH", 0x0000, 0x0800, 2, 0x0101),
+    # CommandField 0x7777 is no DIMSE command
+    "unknown CommandField": struct.pack("<HHLH", 0x0000, 0x0100, 2, 0x7777)
+    + struct.pack("<HHLH", 0x0000, 0x0800, 2, 0x0101),
+}
+
+
+@pytest.mark.parametrize("command", MALFORMED_COMMANDS.values(), ids=MALFORMED_COMMANDS.keys())
+def test_malformed_command_after_stores_ends_the_association_as_aborted_exactly_once(
+    listening, command, caplog
+):
+    settings, recorder, _ = listening
+    caplog.set_level(logging.WARNING, logger="scp_server.transport")
+    sock = raw_associate(settings.port)
+    assert [raw_store(sock, ct(), 1), raw_store(sock, ct(), 2)] == [0x0000, 0x0000]
+    sock.sendall(command_pdu(command))
+    assert read_pdu(sock)[0] == 0x07  # A-ABORT: the node's state machine is alive and ends it
+    sock.close()
+    ((assoc, how),) = recorder.wait_closed(1)
+    assert how == "aborted"
+    assert recorder.stored_by == [assoc, assoc]  # the very object the handlers saw
+    assert recorder.aborted_events == [assoc] and recorder.aborted_before_closed == [True]
+    assert any("DIMSE" in record.getMessage() for record in caplog.records), caplog.text
+    # The node still serves, and the broken association is not reported a second time.
+    follow_up = establish(settings)
+    assert follow_up.is_established
+    follow_up.release()
+    closed = recorder.wait_closed(2)
+    assert [how for _, how in closed] == ["aborted", "released"]
+    assert closed[0][0] is assoc and closed[1][0] is not assoc
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_association_whose_reactor_dies_is_still_reported_aborted_once(listening, monkeypatch, caplog):
+    """Second line of defence: without the DIMSE guard pynetdicom's reactor thread dies (no events);
+    the end is still reported, from the association's lifetime, and logged."""
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    from scp_server import transport
+
+    monkeypatch.setattr(transport._GuardedDIMSE, "receive_primitive", DIMSEServiceProvider.receive_primitive)
+    settings, recorder, _ = listening
+    caplog.set_level(logging.WARNING, logger="scp_server.transport")
+    sock = raw_associate(settings.port)
+    assert raw_store(sock, ct(), 1) == 0x0000
+    sock.sendall(command_pdu(MALFORMED_COMMANDS["no CommandField"]))
+    ((assoc, how),) = recorder.wait_closed(1)
+    sock.close()
+    assert how == "aborted" and recorder.stored_by == [assoc]
+    assert any("without release or abort" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_released_association_is_reported_released_once(listening):
+    settings, recorder, _ = listening
+    assoc = establish(settings)
+    assert assoc.send_c_store(ct()).Status == 0x0000
+    assoc.release()
+    ((node_side, how),) = recorder.wait_closed(1)
+    assert how == "released" and recorder.stored_by == [node_side]
+
+
+def test_peer_closing_the_connection_without_release_is_reported_aborted(listening):
+    settings, recorder, _ = listening
+    sock = raw_associate(settings.port)
+    assert raw_store(sock, ct(), 1) == 0x0000
+    sock.close()
+    ((_, how),) = recorder.wait_closed(1)
+    assert how == "aborted"
+
+
+def test_peer_a_abort_is_reported_aborted(listening):
+    settings, recorder, _ = listening
+    assoc = establish(settings)
+    assoc.abort()
+    ((_, how),) = recorder.wait_closed(1)
+    assert how == "aborted"
+
+
+def test_silent_peer_is_aborted_at_network_timeout_and_reported(tmp_path):
+    settings = node_settings(tmp_path, network_timeout_s=1)
+    recorder = Recorder()
+    server = serve(build_ae(settings), settings, [], on_closed=recorder.on_closed)
+    try:
+        sock = raw_associate(settings.port)
+        ((_, how),) = recorder.wait_closed(1)
+        assert how == "aborted"
+        sock.close()
+    finally:
+        server.shutdown()
+
+
+def test_peer_stalling_inside_a_pdu_is_aborted_at_network_timeout(tmp_path):
+    """A PDU header promising more than ever comes must not pin the association (pynetdicom reads
+    the rest of a PDU on a blocking socket)."""
+    settings = node_settings(tmp_path, network_timeout_s=1)
+    recorder = Recorder()
+    server = serve(build_ae(settings), settings, [], on_closed=recorder.on_closed)
+    try:
+        sock = raw_associate(settings.port)
+        sock.sendall(struct.pack(">BBL", 0x04, 0, 1000) + b"\x00" * 10)
+        ((_, how),) = recorder.wait_closed(1)
+        assert how == "aborted"
+        sock.close()
+    finally:
+        server.shutdown()
+
+
+def test_rejected_association_is_not_reported_closed(listening):
+    settings, recorder, _ = listening
+    assert establish(settings, calling="INTRUDER").is_rejected
+    follow_up = establish(settings)  # an accepted one afterwards: only it is reported
+    follow_up.release()
+    assert [how for _, how in recorder.wait_closed(1)] == ["released"]
+
+
+def test_start_scp_reports_the_end_of_a_broken_association_to_on_ended(tmp_path):
+    """The symptom: the series tracker heard of an association whose reactor died, so it did not
+    wait forever for its release."""
+    settings = node_settings(tmp_path)
+    spool = Spool(settings.spool_dir)
+    stored: list[str] = []
+    ended: list[tuple[object, ...]] = []
+    server = start_scp(
+        settings,
+        spool,
+        lambda _, key, *outcome: stored.append(key),
+        lambda key, *how: ended.append((key, *how)),
+    )
+    try:
+        sock = raw_associate(settings.port)
+        assert [raw_store(sock, ct(), 1), raw_store(sock, ct(), 2)] == [0x0000, 0x0000]
+        sock.sendall(command_pdu(MALFORMED_COMMANDS["no CommandField"]))
+        sock.close()
+        wait_for(lambda: ended, "on_ended")
+        assert [entry[0] for entry in ended] == [stored[0]] and stored == [stored[0]] * 2
+    finally:
+        server.shutdown()
+        spool.close()
+
+
+# --- finding 6: bounded memory before the association is accepted ----------------------------------
+
+NODE_PROCESS = """
+import sys
+from scp_server.config import NodeSettings
+from scp_server.scp import start_scp
+from scp_server.spool import Spool
+
+settings = NodeSettings(port=int(sys.argv[1]), allowed_calling_aets=["STORESCU"], spool_dir=sys.argv[2])
+spool = Spool(settings.spool_dir)
+server = start_scp(settings, spool)
+print("ready", flush=True)
+sys.stdin.read()
+server.shutdown()
+spool.close()
+"""
+
+
+def peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def test_huge_association_request_is_refused_without_buffering_it(tmp_path):
+    """A-ASSOCIATE-RQ declaring 0xFFFFFFF0 bytes, followed by 64 MiB: the node's peak memory must
+    not follow what an unauthenticated peer sends."""
+    port = free_port()
+    node = subprocess.Popen(
+        [sys.executable, "-c", NODE_PROCESS, str(port), str(tmp_path / "spool")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert node.stdout is not None and node.stdout.readline().strip() == "ready"
+        before = peak_rss_kib(node.pid)
+        with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as sock:
+            sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFF0))
+            chunk = bytes(1 << 20)
+            try:
+                for _ in range(64):
+                    sock.sendall(chunk)
+            except OSError:
+                pass  # the node closed the connection: what we want
+            closed_by_peer(sock)
+        grown_mib = (peak_rss_kib(node.pid) - before) / 1024
+        assert grown_mib < 16, f"the node's peak memory grew by {grown_mib:.0f} MiB"
+        assoc = establish(NodeSettings(port=port, spool_dir=tmp_path))
+        assert assoc.is_established  # still serving
+        assoc.release()
+    finally:
+        node.communicate(input="", timeout=PATIENCE_S)
+
+
+@pytest.mark.parametrize(
+    ("pdu_type", "length"),
+    [(0x01, 64 * 1024 + 1), (0x01, 0xFFFFFFF0), (0x04, 0xFFFFFFF0), (0x05, 0xFFFFFFF0), (0x09, 10)],
+    ids=["request-just-over-limit", "huge-request", "p-data-first", "release-first", "unknown-type"],
+)
+def test_pdu_that_cannot_start_an_association_closes_the_connection_unread(
+    listening, pdu_type, length, caplog
+):
+    """Only an A-ASSOCIATE-RQ within max_association_request_bytes is read before negotiation;
+    anything else is closed after its 6-byte header, not after its declared length arrives."""
+    settings, recorder, _ = listening
+    caplog.set_level(logging.INFO, logger="scp_server.transport")
+    with socket.create_connection(("127.0.0.1", settings.port), timeout=PATIENCE_S) as sock:
+        sock.sendall(struct.pack(">BBL", pdu_type, 0, length) + bytes(1024))
+        assert closed_by_peer(sock)  # acse_timeout_s is 30: closed for the PDU, not for slowness
+    wait_for(lambda: any("127.0.0.1" in r.getMessage() for r in caplog.records), "the log line")
+    assert recorder.closed == []
+    follow_up = establish(settings)
+    assert follow_up.is_established
+    follow_up.release()
+
+
+def test_undecodable_association_request_is_closed_without_taking_a_slot(listening, caplog):
+    settings, _, server = listening
+    caplog.set_level(logging.WARNING, logger="scp_server.transport")
+    garbage = pdu(0x01, struct.pack(">HH", 1, 0) + bytes(64) + random.Random(3).randbytes(200))
+    with socket.create_connection(("127.0.0.1", settings.port), timeout=PATIENCE_S) as sock:
+        sock.sendall(garbage)
+        assert closed_by_peer(sock)  # acse_timeout_s is 30: closed for the content
+    assert any("cannot be decoded" in r.getMessage() for r in caplog.records), caplog.text
+    assert server.negotiated_associations == 0
+
+
+@pytest.mark.parametrize(("limit", "accepted"), [(64 * 1024, True), (16 * 1024, False)])
+def test_association_request_is_read_whole_up_to_the_limit(tmp_path, limit, accepted):
+    settings = node_settings(tmp_path, max_association_request_bytes=limit)
+    server = serve(build_ae(settings), settings, [])
+    try:
+        request = association_request(padding=1500)
+        assert 50_000 < len(request) < 64 * 1024
+        with socket.create_connection(("127.0.0.1", settings.port), timeout=PATIENCE_S) as sock:
+            sock.sendall(request)
+            if not accepted:
+                assert closed_by_peer(sock)
+                return
+            assert read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC: read whole and negotiated
+            sock.sendall(pdu(0x05, bytes(4)))  # A-RELEASE-RQ
+            assert read_pdu(sock)[0] == 0x06
+    finally:
+        server.shutdown()
+
+
+# --- finding 7: negotiation has its own short timeout ----------------------------------------------
+
+
+def test_connections_that_never_finish_negotiating_are_dropped_and_do_not_lock_peers_out(tmp_path, caplog):
+    settings = node_settings(tmp_path, max_associations=2, acse_timeout_s=1)
+    caplog.set_level(logging.WARNING, logger="scp_server.transport")
+    server = serve(build_ae(settings), settings, [])
+    slow = []
+    try:
+        for _ in range(12):
+            sock = socket.create_connection(("127.0.0.1", settings.port), timeout=PATIENCE_S)
+            sock.sendall(struct.pack(">BBL", 0x01, 0, 200) + b"\x00")
+            slow.append(sock)
+        assoc = establish(settings)
+        assert assoc.is_established, "an allowed AE was locked out by connections that never negotiated"
+        assoc.release()
+        assert all(closed_by_peer(sock, trickle=True) for sock in slow)
+        addresses = {f"127.0.0.1:{sock.getsockname()[1]}" for sock in slow}
+        logged = {a for a in addresses if any(a in r.getMessage() for r in caplog.records)}
+        assert logged == addresses
+    finally:
+        for sock in slow:
+            sock.close()
+        server.shutdown()
+
+
+def test_silent_tls_peer_does_not_stall_the_listener(tmp_path, certificate):
+    """The TLS handshake runs on the connection's own thread, under acse_timeout_s."""
+    cert, key = certificate
+    settings = node_settings(tmp_path, tls=TLSSettings(certificate=cert, private_key=key), acse_timeout_s=30)
+    server = serve(build_ae(settings), settings, [])
+    try:
+        with socket.create_connection(("127.0.0.1", settings.port)):
+            client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+            ae = AE(ae_title=CALLER)
+            ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5
+            ae.add_requested_context(Verification)
+            assoc = ae.associate(
+                "127.0.0.1", settings.port, ae_title=settings.ae_title, tls_args=(client, "127.0.0.1")
+            )
+            assert assoc.is_established
+            assoc.release()
+    finally:
+        server.shutdown()
+
+
+def test_pending_connections_beyond_their_cap_are_closed_at_once_and_logged(tmp_path, caplog):
+    settings = node_settings(tmp_path, max_pending_connections=3, acse_timeout_s=60)
+    caplog.set_level(logging.WARNING, logger="scp_server.transport")
+    server = serve(build_ae(settings), settings, [])
+    idle = []
+    try:
+        for _ in range(3):
+            idle.append(socket.create_connection(("127.0.0.1", settings.port)))
+        wait_for(lambda: server.pending_connections == 3, "3 pending connections")
+        with socket.create_connection(("127.0.0.1", settings.port), timeout=PATIENCE_S) as extra:
+            assert closed_by_peer(extra)  # acse_timeout_s is 60: closed for the cap
+        assert any("max_pending_connections" in r.getMessage() for r in caplog.records), caplog.text
+        for sock in idle:
+            sock.close()
+        wait_for(lambda: server.pending_connections == 0, "the pending connections to go")
+        assoc = establish(settings)
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+
+
+# --- finding 8: max_associations is the number of negotiated associations served -------------------
+
+
+def rejection(assoc: Association) -> tuple[object, object, object]:
+    """(result, source, diagnostic) of the A-ASSOCIATE-RJ a requestor received."""
+    answer = assoc.acceptor.primitive
+    assert answer is not None
+    return (answer.result, answer.result_source, answer.diagnostic)
+
+
+def test_max_associations_counts_negotiated_associations_not_connections(tmp_path):
+    settings = node_settings(tmp_path, max_associations=3, acse_timeout_s=60)
+    server = serve(build_ae(settings), settings, [])
+    idle = [socket.create_connection(("127.0.0.1", settings.port)) for _ in range(5)]
+    held: list[Association] = []
+    try:
+        wait_for(lambda: server.pending_connections == 5, "5 pending connections")
+        held = [establish(settings) for _ in range(3)]
+        assert [assoc.is_established for assoc in held] == [True] * 3
+        extra = establish(settings)
+        assert extra.is_rejected and rejection(extra) == LOCAL_LIMIT_EXCEEDED
+        held.pop().release()
+        wait_for(lambda: server.negotiated_associations == 2, "the released slot to come back")
+        again = establish(settings)
+        assert again.is_established
+        held.append(again)
+    finally:
+        for assoc in held:
+            assoc.release()
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+
+
+def test_simultaneous_requests_beyond_the_limit_get_exactly_the_limit(tmp_path):
+    limit = 10
+    settings = node_settings(tmp_path, max_associations=limit)
+    server = serve(build_ae(settings), settings, [])
+    start = threading.Barrier(2 * limit)
+    results: list[Association] = []
+    lock = threading.Lock()
+
+    def attempt() -> None:
+        start.wait()
+        assoc = establish(settings)
+        with lock:
+            results.append(assoc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(2 * limit)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(PATIENCE_S)
+        accepted = [assoc for assoc in results if assoc.is_established]
+        rejected = [assoc for assoc in results if assoc.is_rejected]
+        assert len(accepted) == limit
+        assert len(rejected) == limit and {rejection(a) for a in rejected} == {LOCAL_LIMIT_EXCEEDED}
+    finally:
+        for assoc in results:
+            if assoc.is_established:
+                assoc.release()
+        server.shutdown()
+
+
+# --- what was kept ----------------------------------------------------------------------------------
+
+
+def test_connections_from_outside_allowed_source_networks_are_closed_unread(tmp_path, caplog):
+    settings = node_settings(tmp_path, allowed_source_networks=["10.0.0.0/8"])
+    caplog.set_level(logging.WARNING)
+    server = serve(build_ae(settings), settings, [])
+    try:
+        with socket.create_connection(("127.0.0.1", settings.port), timeout=PATIENCE_S) as sock:
+            assert closed_by_peer(sock)
+        assert server.pending_connections == 0
+        assert any("allowed_source_networks" in r.getMessage() for r in caplog.records)
+    finally:
+        server.shutdown()
+
+
+def test_settings_reject_nonsense_limits():
+    with pytest.raises(ValueError):
+        NodeSettings(acse_timeout_s=0)
+    with pytest.raises(ValueError):
+        NodeSettings(max_association_request_bytes=100)
+    with pytest.raises(ValueError):
+        NodeSettings(max_pending_connections=0)
