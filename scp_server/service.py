@@ -18,6 +18,7 @@ backoff, and ``/healthz`` answers 503 with the reasons until it clears.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -56,6 +57,7 @@ class Node:
         self.metrics = NodeMetrics(self.status)
         self.health = Health(self.metrics.background_errors, settings.spool_dir)
         self._stop = threading.Event()
+        self._ended: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._servers: list[object] = []
 
@@ -103,13 +105,8 @@ class Node:
         self.metrics.instances_received.inc()
 
     def _association_ended(self, association: str, aborted: bool) -> None:
-        """Every association that ends, however it ends; a failure here is the poller's to retry."""
-        tracker = self.stores.tracker
-        ended = tracker.association_aborted if aborted else tracker.association_released
-        while not self._stop.is_set() and not self.health.guarded(
-            "association close", lambda: ended(association)
-        ):
-            self._stop.wait(POLL_INTERVAL_S)
+        """Every association that ends, however it ends; the poller records it (and retries if it must)."""
+        self._ended.put((association, aborted))
 
     def _poll(self) -> None:
         """Queue complete series and abandoned runs as they appear; apply retention. Never dies."""
@@ -126,8 +123,9 @@ class Node:
             backoff.after(succeeded)
 
     def poll_once(self) -> None:
-        """One look for complete series (planned, then queued) and for runs whose worker is gone."""
+        """Record ended associations; one look for complete series and for runs whose worker is gone."""
         tracker = self.stores.tracker
+        self._record_ended_associations()
         for due in tracker.claim_due():
             self.metrics.series_completed.inc()
             self._plan(due)
@@ -138,6 +136,20 @@ class Node:
                 "series %s run %d: its worker is gone, queued again", due.series_instance_uid, due.run
             )
             self.jobs.process_series(due.series_instance_uid, due.run)
+
+    def _record_ended_associations(self) -> None:
+        """Tell the tracker of associations that ended; one it could not record is kept for the next poll."""
+        tracker = self.stores.tracker
+        while True:
+            try:
+                association, aborted = self._ended.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                (tracker.association_aborted if aborted else tracker.association_released)(association)
+            except Exception:
+                self._ended.put((association, aborted))
+                raise
 
     def _plan(self, due: DueSeries) -> None:
         """Record the route and settings the run was claimed with; the worker plans it if this fails."""
