@@ -9,16 +9,25 @@ then the derived-image provenance is added on top:
   description marked; content and instance-creation date/time set;
 - Image Type DERIVED\\SECONDARY (and Frame Type for Enhanced objects);
 - Derivation Description and Derivation Code Sequence (DCM 113087 "Smoothing",
-  CID 7203), Source Image Sequence (DCM 121322), per frame for Enhanced objects
-  through the Derivation Image functional group;
+  CID 7203), Source Image Sequence (DCM 121322); Enhanced (functional group)
+  objects carry them only where their IOD defines them, in the Derivation Image
+  functional group: per frame (each frame referencing its source frame), or in
+  the shared groups where the source has no per-frame groups, with Source Image
+  Evidence; a source with no functional groups at all (non-conformant) is
+  described in Contributing Equipment and the private block only;
 - a Contributing Equipment item (DCM 109102 "Processing Equipment");
 - a private block ``N2D_DICOM 1`` with the settings, device, a hash of the
   source pixel data and the processing time.
 
 Icon images, all private tags of the source (we cannot tell which depend on
 pixel values) and Smallest/Largest Pixel Value (no longer true) are dropped.
-Lossy Image Compression and Burned In Annotation are kept as they are:
-denoising is neither compression nor annotation removal.
+Burned In Annotation is kept as it is: denoising is not annotation removal.
+Lossy Image Compression is kept, and where the source itself was stored in a
+lossy transfer syntax (JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000
+and its HT form), the derived object says so: Lossy Image Compression 01 with
+the method and ratio of that compression appended to the source's own, since
+its pixels went through that compression even though the derived object is
+written uncompressed.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Literal
 
@@ -73,6 +85,21 @@ ORIGINAL_ONLY = (
     "NumberOfKSpaceTrajectories",
     "BulkMotionCompensationTechnique",
 )
+#: Lossy transfer syntaxes and their Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1).
+LOSSY_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG baseline (process 1)
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG extended (processes 2 and 4)
+    **{f"1.2.840.10008.1.2.4.{n}": "ISO_10918_1" for n in (52, 53, 54, 55, 56, 59, 60, 61, 62, 63, 64)},
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000 (may be lossy: taken as lossy)
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",  # High-Throughput JPEG 2000 (may be lossy)
+    "1.2.840.10008.1.2.4.112": "ISO_18181_1",  # JPEG XL
+}
+#: Attributes of the General Image module that Enhanced (functional group) IODs define only inside the
+#: Derivation Image functional group.
+DERIVATION_ATTRIBUTES = ("DerivationDescription", "DerivationCodeSequence", "SourceImageSequence")
+#: Longest Contribution Description (ST).
+ST_LENGTH = 1024
 #: Source attributes whose values describe the old pixels and are not carried over.
 PIXEL_DEPENDENT = (
     "IconImageSequence",
@@ -213,8 +240,9 @@ def derive_instance(
             f"the source {original.shape}/{original.dtype}"
         )
     derived = Dataset()  # a plain dataset: the source's encoding (e.g. big endian) is not carried over
-    for element in source:
-        derived.add(copy.deepcopy(element))
+    with values_already_checked():
+        for element in source:
+            derived.add(copy.deepcopy(element))
     derived.remove_private_tags()
     for keyword in PIXEL_DEPENDENT:
         if keyword in derived:
@@ -237,12 +265,17 @@ def derive_instance(
             if keyword in derived:
                 delattr(derived, keyword)
 
-    derived.DerivationDescription = derivation_description(provenance)
-    derived.DerivationCodeSequence = Sequence([_code_item(DERIVATION_CODE)])
-    if "PerFrameFunctionalGroupsSequence" in source:
-        _mark_frames_derived(derived, source)
+    description = derivation_description(provenance)
+    if enhanced:
+        for keyword in DERIVATION_ATTRIBUTES:
+            if keyword in derived:
+                delattr(derived, keyword)
+        _mark_frames_derived(derived, source, description)
     else:
+        derived.DerivationDescription = description
+        derived.DerivationCodeSequence = Sequence([_code_item(DERIVATION_CODE)])
         derived.SourceImageSequence = Sequence([_source_reference(source, None)])
+    _mark_lossy_history(derived, source)
     _add_contributing_equipment(derived, provenance, now)
     _add_private_block(derived, source, provenance)
 
@@ -286,17 +319,39 @@ def _hierarchical_reference(source: Dataset) -> Dataset:
     return study
 
 
-def _mark_frames_derived(derived: Dataset, source: Dataset) -> None:
-    """Functional-group objects: Frame Type DERIVED, a Derivation Image item per frame, evidence."""
-    for index, frame in enumerate(derived.PerFrameFunctionalGroupsSequence, start=1):
-        image = Dataset()
-        image.DerivationDescription = derived.DerivationDescription
-        image.DerivationCodeSequence = Sequence([_code_item(DERIVATION_CODE)])
-        image.SourceImageSequence = Sequence([_source_reference(source, [index])])
-        frame.DerivationImageSequence = Sequence([image])
-    derived.SourceImageEvidenceSequence = Sequence([_hierarchical_reference(source)])
+def _derivation_image(source: Dataset, description: str, frames: list[int] | None) -> Sequence:
+    """A Derivation Image functional group: the derivation and the source (frames) it came from."""
+    image = Dataset()
+    image.DerivationDescription = description
+    image.DerivationCodeSequence = Sequence([_code_item(DERIVATION_CODE)])
+    image.SourceImageSequence = Sequence([_source_reference(source, frames)])
+    return Sequence([image])
+
+
+def _mark_frames_derived(derived: Dataset, source: Dataset, description: str) -> None:
+    """Functional-group objects: Frame Type DERIVED, the Derivation Image group, evidence.
+
+    Each frame references its own source frame where the source has per-frame
+    groups, else the shared groups reference the source. A functional group lives
+    in the shared or the per-frame groups, never both. A source with neither
+    (which its IOD requires, but some writers omit) gets none: shared groups made
+    up here would lack every other macro the IOD requires of them, and Source
+    Image Evidence is allowed only beside a Source Image Sequence; such a derived
+    object is described in its Contributing Equipment item and private block.
+    """
+    per_frame = derived.get("PerFrameFunctionalGroupsSequence")
     shared = derived.get("SharedFunctionalGroupsSequence") or []
-    for groups in (shared, derived.PerFrameFunctionalGroupsSequence):
+    if per_frame:
+        for index, frame in enumerate(per_frame, start=1):
+            frame.DerivationImageSequence = _derivation_image(source, description, [index])
+        for group in shared:
+            if "DerivationImageSequence" in group:
+                del group.DerivationImageSequence
+    elif shared:
+        shared[0].DerivationImageSequence = _derivation_image(source, description, None)
+    if per_frame or shared:
+        derived.SourceImageEvidenceSequence = Sequence([_hierarchical_reference(source)])
+    for groups in (shared, per_frame or []):
         for group in groups:
             for element in group:
                 if element.VR != "SQ" or not element.keyword.endswith("FrameTypeSequence"):
@@ -313,9 +368,63 @@ def _add_contributing_equipment(derived: Dataset, provenance: Provenance, now: d
     item.ManufacturerModelName = MODEL_NAME
     item.SoftwareVersions = __version__
     item.ContributionDateTime = now.strftime("%Y%m%d%H%M%S.%f")
-    item.ContributionDescription = derivation_description(provenance)[:64]
+    item.ContributionDescription = derivation_description(provenance)[:ST_LENGTH]
     existing = list(derived.get("ContributingEquipmentSequence") or [])
     derived.ContributingEquipmentSequence = Sequence([*existing, item])
+
+
+def _mark_lossy_history(derived: Dataset, source: Dataset) -> None:
+    """Lossy Image Compression 01, method and ratio, where the source's transfer syntax was lossy.
+
+    The compression is appended to the source's own history, unless the source
+    already records it last (a writer storing a lossy file usually does).
+    """
+    meta = getattr(source, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    method = LOSSY_METHODS.get(syntax)
+    if method is None:
+        return
+    methods = [str(v) for v in _as_list(source.get("LossyImageCompressionMethod"))]
+    ratios = [str(v) for v in _as_list(source.get("LossyImageCompressionRatio"))]
+    if source.get("LossyImageCompression") == "01" and methods[-1:] == [method]:
+        return
+    derived.LossyImageCompression = "01"
+    derived.LossyImageCompressionMethod = [*methods, method]
+    ratio = _compression_ratio(source)
+    if ratio is not None:
+        derived.LossyImageCompressionRatio = [*ratios, ratio]
+
+
+def _as_list(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes | int | float):
+        return [value]
+    return list(value)  # type: ignore[call-overload]
+
+
+def _compression_ratio(source: Dataset) -> str | None:
+    """Uncompressed over compressed size of the source's pixel data, as a DS of 2 decimals."""
+    frames = int(source.get("NumberOfFrames") or 1)
+    samples = int(source.get("SamplesPerPixel") or 1)
+    uncompressed = int(source.Rows) * int(source.Columns) * frames * samples * int(source.BitsAllocated) // 8
+    compressed = len(source.PixelData)
+    return f"{uncompressed / compressed:.2f}" if compressed else None
+
+
+@contextmanager
+def values_already_checked() -> Iterator[None]:
+    """Keep pydicom's value warnings quiet while source values are copied and written.
+
+    The reader (:mod:`n2d_dicom.dicom_io`) parsed every value of the source and
+    reported the ones pydicom complained about (or, for UIDs, checked them with
+    the project's own rule); copying or writing them warns again about the same
+    values, which would only repeat, on the user's terminal, what was reported.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
+        warnings.filterwarnings("ignore", message="The value length", category=UserWarning)
+        yield
 
 
 def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance) -> None:

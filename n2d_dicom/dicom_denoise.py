@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from n2d_dicom.atomic import atomic_path
 from n2d_dicom.denoise import denoise_stack
-from n2d_dicom.derive import DerivationSettings, Provenance, derive_instance, new_uid
+from n2d_dicom.derive import DerivationSettings, Provenance, derive_instance, new_uid, values_already_checked
 from n2d_dicom.dicom_io import DicomSeries, Frame
 from n2d_dicom.n2d import Measured, Progress, Report
 from n2d_dicom.settings import N2DSettings
@@ -100,11 +100,14 @@ def denoise_series(
 
 
 def write_instances(datasets: list[Dataset], folder: Path) -> list[Path]:
-    """Write each dataset as ``<SOP Instance UID>.dcm`` in ``folder``, atomically."""
+    """Write each dataset as ``<SOP Instance UID>.dcm`` in ``folder``, atomically.
+
+    Values copied from the source are not warned about again (:func:`values_already_checked`).
+    """
     paths = []
     for dataset in datasets:
         path = folder / f"{dataset.SOPInstanceUID}.dcm"
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, values_already_checked():
             dataset.save_as(tmp, enforce_file_format=True)
         paths.append(path)
     return paths

@@ -3,6 +3,7 @@
 import hashlib
 import shutil
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from n2d_dicom.derive import (
     DerivationSettings,
     Provenance,
     derivation_description,
+    derive_instance,
 )
 from n2d_dicom.dicom_denoise import denoise_series, write_instances
 from n2d_dicom.dicom_io import read_dicom_files, read_dicom_folder
@@ -203,3 +205,120 @@ def test_implicit_little_endian_output_can_be_chosen(ct_series, tmp_path):
     derivation = DerivationSettings(transfer_syntax="implicit-little")
     _, _, written = derive_folder(ct_series, tmp_path / "out", derivation=derivation)
     assert {ds.file_meta.TransferSyntaxUID for ds in written} == {pydicom.uid.ImplicitVRLittleEndian}
+
+
+def provenance_for_tests() -> Provenance:
+    return Provenance(n2d=QUICK, device="cpu", seconds=1.0)
+
+
+def lossy_source(name: str, tmp_path: Path, **attributes) -> Path:
+    """A real lossy-compressed file with the identifiers a derived series needs (pixel data untouched)."""
+    ds = pydicom.dcmread(data_file(name))
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if keyword not in ds:
+            setattr(ds, keyword, pydicom.uid.generate_uid())
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    path = tmp_path / name
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, method",
+    [
+        ("JPEGLSNearLossless_16.dcm", "ISO_14495_1"),
+        ("JPGExtended.dcm", "ISO_10918_1"),
+        ("MR2_J2KI.dcm", "ISO_15444_1"),
+    ],
+)
+def test_sources_in_a_lossy_transfer_syntax_give_derived_objects_marked_lossy(name, method, tmp_path):
+    path = lossy_source(name, tmp_path)
+    source = pydicom.dcmread(path)
+    derived = derive_instance(
+        source, source.pixel_array, "1.2.3", provenance_for_tests(), DEFAULT_DERIVATION, datetime.now()
+    )
+    assert derived.LossyImageCompression == "01"
+    methods = derived.LossyImageCompressionMethod
+    assert (methods if isinstance(methods, str) else list(methods)[-1]) == method
+    ratios = derived.LossyImageCompressionRatio
+    last_ratio = float(ratios if not isinstance(ratios, pydicom.multival.MultiValue) else ratios[-1])
+    assert last_ratio > 1
+    (written,) = write_instances([derived], tmp_path / "out")
+    assert dciodvfy_errors(written) - dciodvfy_errors(path) == set()
+
+
+def test_a_lossy_history_is_extended_not_replaced(tmp_path):
+    path = lossy_source(
+        "JPEGLSNearLossless_16.dcm",
+        tmp_path,
+        LossyImageCompression="01",
+        LossyImageCompressionMethod="ISO_10918_1",
+        LossyImageCompressionRatio="10",
+    )
+    source = pydicom.dcmread(path)
+    derived = derive_instance(
+        source, source.pixel_array, "1.2.3", provenance_for_tests(), DEFAULT_DERIVATION, datetime.now()
+    )
+    assert list(derived.LossyImageCompressionMethod) == ["ISO_10918_1", "ISO_14495_1"]
+    assert len(derived.LossyImageCompressionRatio) == 2 and derived.LossyImageCompressionRatio[0] == 10
+
+
+def test_a_lossy_compression_already_recorded_is_not_recorded_twice(tmp_path):
+    path = lossy_source(
+        "JPEGLSNearLossless_16.dcm",
+        tmp_path,
+        LossyImageCompression="01",
+        LossyImageCompressionMethod="ISO_14495_1",
+        LossyImageCompressionRatio="3",
+    )
+    source = pydicom.dcmread(path)
+    derived = derive_instance(
+        source, source.pixel_array, "1.2.3", provenance_for_tests(), DEFAULT_DERIVATION, datetime.now()
+    )
+    assert derived.LossyImageCompressionMethod == "ISO_14495_1"
+    assert derived.LossyImageCompressionRatio == 3
+
+
+def test_the_contribution_description_is_the_whole_derivation_description(ct_series, tmp_path):
+    _, _, written = derive_folder(ct_series, tmp_path / "out")
+    for ds in written:
+        description = ds.ContributingEquipmentSequence[-1].ContributionDescription
+        assert len(description) > 64
+        assert description == ds.DerivationDescription
+
+
+NOT_IN_IOD = "Attribute is not present in standard DICOM IOD"
+
+
+def dciodvfy_not_in_iod(path: Path) -> set[str]:
+    assert DCIODVFY, "dciodvfy not found: apt-get install dicom3tools"
+    result = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=60)
+    return {line for line in (result.stdout + result.stderr).splitlines() if NOT_IN_IOD in line}
+
+
+@pytest.mark.parametrize("name", ["emri_small.dcm", "eCT_Supplemental.dcm"])
+def test_enhanced_objects_carry_their_derivation_only_in_the_functional_groups(name, tmp_path):
+    (series,), _ = read_dicom_files([data_file(name)])
+    derived = denoise_series(series, QUICK, DerivationSettings(), torch.device("cpu"))
+    (ds,) = derived.datasets
+    for keyword in ("DerivationDescription", "DerivationCodeSequence", "SourceImageSequence"):
+        assert keyword not in ds
+    source = series.datasets[0]
+    assert "Noise2Detail" in ds.ContributingEquipmentSequence[-1].ContributionDescription
+    if "PerFrameFunctionalGroupsSequence" in source:
+        groups = list(ds.PerFrameFunctionalGroupsSequence)
+        assert "DerivationImageSequence" not in ds.SharedFunctionalGroupsSequence[0]
+        evidence = ds.SourceImageEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        assert evidence.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    else:  # emri_small has no functional groups at all: none are made up (their other macros would lack)
+        groups = []
+        assert "SharedFunctionalGroupsSequence" not in ds and "SourceImageEvidenceSequence" not in ds
+    for group in groups:
+        (image,) = group.DerivationImageSequence
+        assert "Noise2Detail" in image.DerivationDescription
+        assert image.DerivationCodeSequence[0].CodeValue == "113087"
+        assert image.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    (path,) = write_instances(derived.datasets, tmp_path)
+    assert dciodvfy_not_in_iod(path) - dciodvfy_not_in_iod(data_file(name)) == set()
+    assert dciodvfy_errors(path) - dciodvfy_errors(data_file(name)) == set()
