@@ -182,7 +182,9 @@ def denoise_dicom(
     """Denoise DICOM series into new derived series (same study, full provenance), one folder each.
 
     Files that cannot be used are listed and skipped; the exit status is 1 if any file was
-    skipped or any series failed, 0 otherwise.
+    skipped or any series failed, 0 otherwise. Objects that are not images to denoise
+    (segmentations, dose grids, reports...) are listed as not denoised and leave the
+    exit status alone: nothing is wrong with them.
     """
     from n2d_dicom.derive import DerivationSettings
     from n2d_dicom.dicom_denoise import denoise_series, write_instances
@@ -214,14 +216,15 @@ def denoise_dicom(
         fail(f"{source}: not a folder")
     found, rejected = read_dicom_folder(source)
     for skipped in rejected:
-        typer.echo(f"n2d: skipped {skipped.path}: {skipped.reason}", err=True)
+        verb = "not denoised" if skipped.forwardable else "skipped"
+        typer.echo(f"n2d: {verb} {skipped.path}: {skipped.reason}", err=True)
     wanted = [s for s in found if not series or s.series_uid in series]
     missing = sorted(set(series or []) - {s.series_uid for s in found})
     if missing:
         typer.echo(f"n2d: error: series not found in {source}: {', '.join(missing)}", err=True)
     if not wanted:
         fail(f"{source}: no grayscale DICOM series to denoise")
-    failures = len(rejected) + len(missing)
+    failures = sum(not skipped.forwardable for skipped in rejected) + len(missing)
     for item in wanted:
         with tqdm(total=len(item.frames), unit="slice", disable=not progress, file=sys.stderr) as bar:
             try:

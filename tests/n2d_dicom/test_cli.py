@@ -155,3 +155,87 @@ def test_bench_refuses_quick_together_with_another_plan():
     result = run("bench", "--quick", "--plan", "standard")
     assert result.returncode != 0
     assert "--quick and --plan standard ask for different plans" in result.stderr
+
+
+QUICK_DICOM = ("--iterations", "1", "--device", "cpu", "--no-progress", "--no-wiener", "--nlm-blend", "0")
+
+
+def rewrite(path: Path, **raw_values: bytes) -> None:
+    """Give attributes of ``path`` raw bytes as values (written implicit VR, so read back by their VR)."""
+    import pydicom
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import DataElement
+
+    ds = pydicom.dcmread(path)
+    for keyword, raw in raw_values.items():
+        tag = tag_for_keyword(keyword)
+        ds[tag] = DataElement(tag, "OB", raw)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_denoise_dicom_skips_files_with_malformed_geometry_and_denoises_the_rest(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    paths = write_ct_series(source, [0.0, 5.0, 10.0, 15.0])
+    rewrite(paths[0], ImagePositionPatient=b"abc ")
+    rewrite(paths[1], ImagePositionPatient=b"1\\2 ")
+    out = tmp_path / "out"
+    result = run("denoise-dicom", str(source), str(out), *QUICK_DICOM)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    for path in paths[:2]:
+        assert f"n2d: skipped {path}: Image Position (Patient)" in result.stderr
+    (folder,) = out.iterdir()
+    assert len(list(folder.iterdir())) == 2
+
+
+def test_denoise_dicom_leaves_segmentations_and_dose_grids_alone(tmp_path):
+    import shutil
+
+    from tests.n2d_dicom.conftest import data_file
+
+    source = tmp_path / "in"
+    source.mkdir()
+    write_ct_series(source, [0.0, 5.0])
+    for name in ("liver.dcm", "rtdose.dcm"):
+        shutil.copy(data_file(name), source / name)
+    out = tmp_path / "out"
+    result = run("denoise-dicom", str(source), str(out), *QUICK_DICOM)
+    assert result.returncode == 0, result.stderr  # nothing went wrong: they are not ours to denoise
+    assert f"n2d: not denoised {source / 'liver.dcm'}: Segmentation Storage objects" in result.stderr
+    assert f"n2d: not denoised {source / 'rtdose.dcm'}: RT Dose Storage objects" in result.stderr
+    (folder,) = out.iterdir()
+    assert len(list(folder.iterdir())) == 2
+
+
+def test_denoise_dicom_names_a_file_that_reuses_an_instance_uid_for_other_pixels(tmp_path):
+    import pydicom
+
+    source = tmp_path / "in"
+    source.mkdir()
+    kept = sorted(write_ct_series(source, [0.0, 5.0]))[0]
+    ds = pydicom.dcmread(kept)
+    ds.PixelData = (ds.pixel_array + 3).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(source / "zz_other.dcm")
+    result = run("denoise-dicom", str(source), str(tmp_path / "out"), *QUICK_DICOM)
+    assert result.returncode == 1
+    assert (
+        f"n2d: skipped {source / 'zz_other.dcm'}: same SOP Instance UID as {kept.name} "
+        "but different pixel data" in result.stderr
+    )
+
+
+def test_denoise_dicom_speaks_to_users_not_programmers(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    paths = write_ct_series(source, [0.0, 5.0])
+    rewrite(paths[0], StudyInstanceUID=b"1.2.840.01.5", AcquisitionNumber=b"x1")
+    rewrite(paths[1], StudyInstanceUID=b"1.2.840.01.5")
+    (source / "scan.txt").write_text("not dicom")
+    result = run("denoise-dicom", str(source), str(tmp_path / "out"), *QUICK_DICOM)
+    assert result.returncode == 1  # scan.txt was skipped
+    assert "scan.txt: not a readable DICOM file (no DICM preamble: not a DICOM file)" in result.stderr
+    assert "force=True" not in result.stderr
+    assert "Warning" not in result.stderr and "warn" not in result.stderr
+    assert "Acquisition Number (0020,0012): invalid value" in result.stdout
