@@ -36,25 +36,12 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    ComputedRadiographyImageStorage,
-    CTImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    EnhancedCTImageStorage,
-    EnhancedMRImageStorage,
-    EnhancedPETImageStorage,
-    MRImageStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    PositronEmissionTomographyImageStorage,
-    SecondaryCaptureImageStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from n2d_dicom.sop_classes import DENOISABLE_SOP_CLASSES
 from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings
 from scp_server.leases import process_owner
@@ -63,21 +50,6 @@ from scp_server.transport import NodeServer, serve
 
 log = logging.getLogger(__name__)
 
-#: Image storage SOP classes the node accepts as an SCP.
-STORAGE_SOP_CLASSES = (
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    MRImageStorage,
-    EnhancedMRImageStorage,
-    PositronEmissionTomographyImageStorage,
-    EnhancedPETImageStorage,
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    SecondaryCaptureImageStorage,
-    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-)
 #: Transfer syntaxes accepted for each of them: uncompressed and the common compressed ones.
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
@@ -207,9 +179,19 @@ def build_ae(settings: NodeSettings) -> AE:
     ae.network_timeout = settings.network_timeout_s
     ae.acse_timeout = settings.acse_timeout_s
     ae.add_supported_context(Verification)
-    for sop_class in STORAGE_SOP_CLASSES:
+    for sop_class in accepted_sop_classes(settings):
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
     return ae
+
+
+def accepted_sop_classes(settings: NodeSettings) -> list[str]:
+    """The storage SOP classes the SCP accepts: the images it denoises, and every other storage class
+    where ``forward_unmatched`` says where to send what it does not denoise (unchanged)."""
+    classes = sorted(DENOISABLE_SOP_CLASSES)
+    if settings.forward_unmatched:
+        others = {str(context.abstract_syntax) for context in AllStoragePresentationContexts}
+        classes += sorted(others - DENOISABLE_SOP_CLASSES)
+    return classes
 
 
 def start_scp(

@@ -8,8 +8,9 @@ from pathlib import Path
 import pydicom
 import pynetdicom
 import pytest
+from pydicom.data import get_testdata_file
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTDoseStorage, Verification
 
 from scp_server.config import NodeSettings
 from scp_server.scp import start_scp
@@ -323,3 +324,30 @@ def test_an_identical_copy_is_a_duplicate_and_changed_pixels_replace_the_stored_
     assert seen == ["new", "duplicate", "changed"]
     (path,) = spool.series_files(source.SeriesInstanceUID)
     assert pydicom.dcmread(path).PixelData == changed.PixelData
+
+
+def test_objects_that_are_not_images_are_accepted_only_where_they_can_be_forwarded(tmp_path):
+    """Finding 16: the node forwards objects it does not denoise where forward_unmatched says so."""
+    dose = pydicom.dcmread(get_testdata_file("rtdose.dcm"))
+    viewer = {"ae_title": "VIEWER", "host": "127.0.0.1", "port": 104}
+    for forward, accepted in (([], False), ([viewer], True)):
+        settings = NodeSettings(
+            port=free_port(),
+            allowed_calling_aets=[CALLER],
+            spool_dir=tmp_path / str(accepted),
+            forward_unmatched=forward,
+        )
+        spool = Spool(settings.spool_dir)
+        server = start_scp(settings, spool)
+        try:
+            ae = AE(ae_title=CALLER)
+            ae.add_requested_context(RTDoseStorage)
+            assoc = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
+            assert assoc.is_established is accepted  # no presentation context: no association
+            if accepted:
+                assert assoc.send_c_store(dose).Status == 0x0000
+                assert spool.contains(dose.SOPInstanceUID)
+                assoc.release()
+        finally:
+            server.shutdown()
+            spool.close()
