@@ -17,6 +17,7 @@ import json
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,20 +128,31 @@ def send_series(plan: LoadPlan, datasets: list[Dataset], timeline: Timeline, not
         timeline.sent[str(datasets[0].SeriesInstanceUID)] = (first, time.time())
 
 
+def start_pacs(ae_title: str, port: int, on_stored: Callable[[Dataset], None]) -> object:
+    """A stand-in PACS on 127.0.0.1:``port`` that hands each dataset it is sent to ``on_stored``.
+
+    It answers 0x0000 once ``on_stored`` returns; call ``shutdown()`` on the result to stop it.
+    """
+
+    def stored(event: evt.Event) -> int:
+        on_stored(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title=ae_title)
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
+    handlers: list[Any] = [(evt.EVT_C_STORE, stored)]
+    return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+
+
 def start_receiver(plan: LoadPlan, timeline: Timeline, source_series: dict[str, str]) -> object:
     """The stand-in PACS: note when each derived instance arrives, by the series it came from."""
 
-    def stored(event: evt.Event) -> int:
-        derived = event.dataset
+    def stored(derived: Dataset) -> None:
         source = source_series.get(str(derived.SourceImageSequence[0].ReferencedSOPInstanceUID), "?")
         with timeline.lock:
             timeline.delivered.setdefault(source, []).append(time.time())
-        return 0x0000
 
-    ae = AE(ae_title=plan.receive_ae)
-    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
-    handlers: list[Any] = [(evt.EVT_C_STORE, stored)]
-    return ae.start_server(("127.0.0.1", plan.receive_port), block=False, evt_handlers=handlers)
+    return start_pacs(plan.receive_ae, plan.receive_port, stored)
 
 
 def run_load(plan: LoadPlan) -> LoadFigures:
