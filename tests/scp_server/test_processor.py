@@ -1,5 +1,6 @@
 """The job's core without the queue: route, denoise, write, outbox, lease, on real stores and a real peer."""
 
+import sqlite3
 from pathlib import Path
 
 import pydicom
@@ -133,3 +134,24 @@ def test_objects_that_are_not_images_to_denoise_are_forwarded_unchanged(tmp_path
     assert [(row.destination, row.sop_instance_uid) for row in opened.outbox.rows()] == [
         (destination_key(settings.forward_unmatched[0]), dose.SOPInstanceUID)
     ]
+
+
+def test_an_outcome_that_cannot_be_recorded_at_once_is_recorded_when_the_database_takes_it(
+    tmp_path, stores, pacs
+):
+    """Finding 3: a full disk during finish() left the run `processing` for good."""
+    port, delivered = pacs
+    settings = node_settings(tmp_path, port)
+    opened = stores(settings)
+    series, run = received(opened, write_ct_series(tmp_path, [0, 5]))
+    real, calls = opened.tracker.finish, []
+
+    def full_then_free(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(*args, **kwargs)
+
+    opened.tracker.finish = full_then_free
+    SeriesProcessor(settings, opened, torch.device("cpu"))(series, run)
+    assert len(calls) == 3 and opened.tracker.state(series) == ("done", 1)
