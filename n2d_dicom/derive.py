@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -419,12 +420,19 @@ def values_already_checked() -> Iterator[None]:
     The reader (:mod:`n2d_dicom.dicom_io`) parsed every value of the source and
     reported the ones pydicom complained about (or, for UIDs, checked them with
     the project's own rule); copying or writing them warns again about the same
-    values, which would only repeat, on the user's terminal, what was reported.
+    values, which would only repeat, on the user's terminal, what was reported. pydicom's
+    logger, which repeats each warning, is held at ERROR meanwhile.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
-        warnings.filterwarnings("ignore", message="The value length", category=UserWarning)
-        yield
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
+            warnings.filterwarnings("ignore", message="The value length", category=UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance) -> None:

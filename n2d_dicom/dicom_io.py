@@ -30,7 +30,8 @@ pydicom's own. Only grayscale (MONOCHROME1/2, one sample per pixel) is denoised.
 
 pydicom's warnings (values it cannot parse, encoding slips) are caught while a
 file is read and decoded and become notes in the series' problems, naming the
-attribute; nothing reaches the user's terminal. UI-value warnings are dropped:
+attribute; nothing reaches the user's terminal, and pydicom's logger, which
+repeats each warning, is held at ERROR meanwhile. UI-value warnings are dropped:
 the UIDs are checked here with the project's own rule, which accepts leading
 zeros that pydicom complains about. Catching warnings changes process-wide
 state, so files are read from one thread at a time.
@@ -39,10 +40,12 @@ state, so files are read from one thread at a time.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,8 +246,7 @@ class _Unusable(Exception):
 
 def _frames_of(path: Path) -> tuple[list[Frame], list[str]]:
     """The frames of one file and the notes on its header, or :class:`_Unusable` with the reason."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _pydicom_warnings() as caught:
         dataset = _read(path)
         notes = _parse_all(dataset, caught)
         notes.extend(_notes(caught, ""))
@@ -252,6 +254,20 @@ def _frames_of(path: Path) -> tuple[list[Frame], list[str]]:
         frames = _checked_frames(dataset, path)
         notes.extend(_notes(caught, "Pixel Data: "))
     return frames, notes
+
+
+@contextmanager
+def _pydicom_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Record pydicom's warnings instead of showing them; its logger (which repeats them) stays quiet."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        logger.setLevel(level)
 
 
 def _read(path: Path) -> Dataset:

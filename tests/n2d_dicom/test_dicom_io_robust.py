@@ -7,6 +7,7 @@ written in implicit VR so that the broken bytes are read back under the
 attribute's own VR, as a PACS would send them.
 """
 
+import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydicom.dataelem import DataElement
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from n2d_dicom.derive import DerivationSettings
-from n2d_dicom.dicom_denoise import denoise_series
+from n2d_dicom.dicom_denoise import denoise_series, write_instances
 from n2d_dicom.dicom_io import read_dicom_files, read_dicom_folder
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.sop_classes import DENOISABLE_SOP_CLASSES, is_denoisable
@@ -170,7 +171,7 @@ def test_a_slice_with_empty_geometry_is_placed_by_instance_number_with_a_warning
     assert "Image Position (Patient)" in note and paths[1].name in note
 
 
-def test_unreadable_values_of_attributes_not_used_are_noted_not_printed(tmp_path):
+def test_unreadable_values_of_attributes_not_used_are_noted_not_printed(tmp_path, caplog):
     paths = write_ct_series(tmp_path, [0.0, 5.0])
     ds = pydicom.dcmread(paths[0])
     put_raw(ds, "AcquisitionNumber", b"x1")
@@ -179,10 +180,13 @@ def test_unreadable_values_of_attributes_not_used_are_noted_not_printed(tmp_path
     ds = pydicom.dcmread(paths[1])
     put_raw(ds, "StudyInstanceUID", b"1.2.840.01.5")
     save_implicit(ds, paths[1])
+    caplog.set_level(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning reaching the caller fails the test
         (series,), rejected = read_dicom_folder(tmp_path)
         derived = denoise_series(series, TINY, DerivationSettings(), torch.device("cpu"))
+        write_instances(derived.datasets, tmp_path / "out")
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")]
     assert not rejected and len(derived.datasets) == 2
     (note,) = [p for p in series.problems if "Acquisition Number" in p]
     assert "x1" in note and "Please see" not in note
