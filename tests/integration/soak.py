@@ -113,6 +113,7 @@ class SoakFigures(BaseModel):
     acknowledged: int
     refused: dict[str, int]
     unanswered: int
+    per_scu: dict[str, dict[str, int]]
     stored: int
     stored_unacknowledged: int
     lost: int
@@ -191,6 +192,7 @@ class Ledger:
     refused: Counter[str] = field(default_factory=Counter)
     unanswered: int = 0
     mid_series: int = 0
+    per_scu: dict[str, Counter[str]] = field(default_factory=dict)
     faults: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     # derived SOP UID, derived series UID, description, referenced source SOP UID
@@ -477,12 +479,17 @@ class Modality:
                         self.ledger.mid_series -= acknowledged > 0
                 status = answer.get("Status") if answer else None
                 with self.ledger.lock:
+                    mine = self.ledger.per_scu.setdefault(self.ae_title, Counter())
+                    mine["sent"] += 1
                     if status is None:
                         self.ledger.unanswered += 1
+                        mine["unanswered"] += 1
                     elif status == 0x0000:
                         self.ledger.acknowledged.add(str(ds.SOPInstanceUID))
+                        mine["acknowledged"] += 1
                     else:
                         self.ledger.refused[f"0x{status:04X}"] += 1
+                        mine["refused"] += 1
                 if status is None:
                     return False, datasets[number:] + left
                 if status == 0x0000:
@@ -826,6 +833,7 @@ def account(
             acknowledged=len(acknowledged),
             refused=dict(ledger.refused),
             unanswered=ledger.unanswered,
+            per_scu={ae: dict(counts) for ae, counts in sorted(ledger.per_scu.items())},
             stored=len(stored),
             stored_unacknowledged=len(stored - acknowledged),
             lost=len(lost),
@@ -862,6 +870,12 @@ def describe(figures: SoakFigures) -> str:
         f"instances sent         {f.instances_sent} C-STORE requests",
         f"acknowledged           {f.acknowledged} distinct instances (0x0000)",
         f"refused                {refused}; {f.unanswered} unanswered (association cut)",
+        "per SCU                "
+        + "; ".join(
+            f"{ae}: {c.get('sent', 0)} sent, {c.get('acknowledged', 0)} answered 0x0000, "
+            f"{c.get('refused', 0)} refused, {c.get('unanswered', 0)} unanswered"
+            for ae, c in f.per_scu.items()
+        ),
         f"stored                 {f.stored} ({f.stored_unacknowledged} stored but never acknowledged)",
         f"lost                   {f.lost}",
         f"derived series         {f.derived_series_received} received for {f.runs} runs; "
