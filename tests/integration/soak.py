@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import re
@@ -690,6 +691,9 @@ def drain(site: Site, plan: SoakPlan) -> tuple[dict[str, int], int]:
 def run_soak(plan: SoakPlan, workdir: Path | None = None, out: Callable[[str], None] = print) -> SoakFigures:
     """Soak a node for ``plan.seconds`` with faults, drain it, stop it, and return the account."""
     started = time.time()
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    level = pynetdicom_log.level
+    pynetdicom_log.setLevel(logging.CRITICAL)  # refused associations are the faults, not news
     own_dir = workdir is None
     root = Path(tempfile.mkdtemp(prefix="n2d-soak-")) if workdir is None else workdir
     root = root.resolve()
@@ -725,9 +729,9 @@ def run_soak(plan: SoakPlan, workdir: Path | None = None, out: Callable[[str], N
             thread.start()
         for thread in threads:
             thread.join(max(1.0, deadline + 30 - time.time()))
+        timed.join(180)  # the faults scheduled last come, even once the modalities are done
         sending_s = time.time() - t0
         faults.stop.set()
-        timed.join(120)
         resends.join(60)
         out(f"soak: sent for {sending_s:.0f} s; draining")
         drained = time.time()
@@ -748,6 +752,7 @@ def run_soak(plan: SoakPlan, workdir: Path | None = None, out: Callable[[str], N
         if faults is not None:
             faults.stop.set()
         site.close(keep=not own_dir)
+        pynetdicom_log.setLevel(level)
         if own_dir:
             shutil.rmtree(root, ignore_errors=True)
 
