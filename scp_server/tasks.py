@@ -13,6 +13,7 @@ outbox rounds deliver the rest (:mod:`scp_server.delivery`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 import threading
@@ -110,19 +111,15 @@ class SeriesProcessor:
             log.info("series %s run %d: not queued any more (done, taken or superseded)", series_uid, run)
             return
         started = time.perf_counter()
-        error = None
         with renewed(lambda: tracker.renew(series_uid, run, owner, lease_s), lease_s / 4) as lost:
-            try:
-                self._process(series_uid, run)
-            except NoUsableImage as exc:
-                error = f"no usable image: {exc}"
-            except Exception as exc:  # the run is recorded as failed, with why, for `n2d retry`
-                log.exception("series %s run %d failed", series_uid, run)
-                error = f"{type(exc).__name__}: {exc}"
-            finished = not lost.is_set() and self._finish(series_uid, run, owner, error, lost)
-        if not finished:
+            error, transient = self._run(series_uid, run)
+            if transient:
+                recorded = not lost.is_set() and self._put_back(series_uid, run, owner)
+            else:
+                recorded = not lost.is_set() and self._finish(series_uid, run, owner, error, lost)
+        if not recorded:
             log.warning(
-                "series %s run %d: lease lost while processing (another worker redoes it)", series_uid, run
+                "series %s run %d: lease lost while processing (the node queues it again)", series_uid, run
             )
         log.info(
             "series %s run %d: %s in %.1f s",
@@ -131,6 +128,36 @@ class SeriesProcessor:
             printable(error, 300) if error else "done",
             time.perf_counter() - started,
         )
+
+    def _run(self, series_uid: str, run: int) -> tuple[str | None, bool]:
+        """Process the run; returns ``(error, transient)``, ``(None, False)`` when it succeeded.
+
+        A transient error (the spool's disk full, its database busy or full) says
+        nothing about the series: the run is retried, not failed.
+        """
+        try:
+            self._process(series_uid, run)
+        except NoUsableImage as exc:
+            return f"no usable image: {exc}", False
+        except Exception as exc:  # the run is recorded as failed, with why, for `n2d retry`
+            if is_transient(exc):
+                return f"not finished, will be retried ({type(exc).__name__}: {exc})", True
+            log.exception("series %s run %d failed", series_uid, run)
+            return f"{type(exc).__name__}: {exc}", False
+        return None, False
+
+    def _put_back(self, series_uid: str, run: int, owner: str) -> bool:
+        """Queue the run again after a transient error; the node hands it to a worker after ``job_lease_s``.
+
+        If even that cannot be written, the lease runs out and the node queues it all the same.
+        """
+        try:
+            return self.stores.tracker.put_back(series_uid, run, owner)
+        except sqlite3.Error as exc:
+            log.error(
+                "series %s run %d: not queued again yet (%s); its lease will run out", series_uid, run, exc
+            )
+            return True
 
     def _finish(
         self, series_uid: str, run: int, owner: str, error: str | None, lost: threading.Event
@@ -219,6 +246,23 @@ class SeriesProcessor:
         elif not found:
             reasons = sorted({r.reason for r in rejected})
             raise NoUsableImage(f"{len(rejected)} instance(s) skipped: {'; '.join(reasons)[:500]}")
+
+
+#: errno values that say "the spool cannot be written now", not "this series is broken".
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the spool's disk or database failing for now."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and any(
+            word in str(exc) for word in ("full", "locked", "busy", "disk I/O")
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def derivation_for_run(derivation: DerivationSettings, run: int) -> DerivationSettings:

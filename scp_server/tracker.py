@@ -250,6 +250,20 @@ class SeriesTracker:
             )
         return cursor.rowcount == 1
 
+    def put_back(self, series_uid: str, run: int, owner: str) -> bool:
+        """``owner`` gives the run back unfinished (a transient error): ``queued`` again, job to be re-sent.
+
+        The node's check for queued runs whose job left the queue enqueues it after
+        ``job_lease_s``, which is the retry's backoff. ``False`` if the run is not theirs.
+        """
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE series SET state = 'queued', queued_at = ?, owner = NULL, lease_until = NULL "
+                "WHERE series_instance_uid = ? AND run = ? AND state = 'processing' AND owner = ?",
+                (self._clock(), series_uid, run, owner),
+            )
+        return cursor.rowcount == 1
+
     def reclaim(self) -> list[DueSeries]:
         """Runs whose worker is gone (lease expired, or a dead process of this host): queued again."""
         now = self._clock()

@@ -1,5 +1,6 @@
 """The job's core without the queue: route, denoise, write, outbox, lease, on real stores and a real peer."""
 
+import errno
 import sqlite3
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
+from scp_server import tasks
 from scp_server.config import NodeSettings
 from scp_server.outbox import destination_key
 from scp_server.spool import instance_of
@@ -155,3 +157,27 @@ def test_an_outcome_that_cannot_be_recorded_at_once_is_recorded_when_the_databas
     opened.tracker.finish = full_then_free
     SeriesProcessor(settings, opened, torch.device("cpu"))(series, run)
     assert len(calls) == 3 and opened.tracker.state(series) == ("done", 1)
+
+
+def test_a_full_disk_while_writing_the_derived_series_puts_the_run_back_instead_of_failing_it(
+    tmp_path, stores, pacs, monkeypatch
+):
+    """Found by the soak: a disk that filled while a worker wrote a derived series failed the run for good."""
+    port, delivered = pacs
+    settings = node_settings(tmp_path, port)
+    opened = stores(settings)
+    series, run = received(opened, write_ct_series(tmp_path, [0, 5]))
+    real, calls = tasks.write_instances, []
+
+    def full_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "write_instances", full_once)
+    processor = SeriesProcessor(settings, opened, torch.device("cpu"))
+    processor(series, run)
+    assert opened.tracker.state(series) == ("queued", 1) and delivered == []
+    processor(series, run)  # the node queues it again after job_lease_s; the space is back
+    assert opened.tracker.state(series) == ("done", 1) and len(delivered) == 2
