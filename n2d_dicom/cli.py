@@ -327,11 +327,10 @@ LogLevelOption = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR
 
 def node_settings(config: Path | None, log_level: str = "WARNING") -> NodeSettings:
     """The node's settings (or a one-line error and exit 1), with logging set up."""
-    import logging
-
     from scp_server.config import ConfigError, load_settings
+    from scp_server.logs import configure_logging
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     try:
         return load_settings(config)
     except ConfigError as exc:
@@ -479,7 +478,10 @@ def describe_status(report: NodeStatus) -> str:
         f"queue: {report.queue_depth} job(s) waiting",
         "series: " + (", ".join(f"{n} {state}" for state, n in sorted(report.series.items())) or "none"),
         f"in flight: {len(report.in_flight)}",
-        *(f"  {job.series} run {job.run} on {job.worker}, {job.running_s:.0f} s" for job in report.in_flight),
+        *(
+            f"  {job.series} run {job.run} ({job.route or 'not planned'}) on {job.worker}, {job.running_s:.0f} s"
+            for job in report.in_flight
+        ),
         "outbox: " + ("none" if not report.outbox else ""),
         *(
             f"  {destination}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))

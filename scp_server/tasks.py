@@ -224,6 +224,8 @@ class SeriesProcessor:
             log.warning("series %s: %s not denoised: %s", series_uid, skipped.path.name, skipped.reason)
         derivation = derivation_for_run(plan.derivation, run)
         for series in found:
+            for problem in series.problems:
+                log.warning("series %s: %s", series_uid, printable(problem, 300))
             derived = denoise_series(series, route.n2d, derivation, self.device, identity=f"run {run}")
             folder = self.stores.spool.root / "derived" / derived.series_uid
             paths = write_instances(derived.datasets, folder)
