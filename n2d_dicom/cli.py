@@ -479,7 +479,8 @@ def describe_status(report: NodeStatus) -> str:
         "series: " + (", ".join(f"{n} {state}" for state, n in sorted(report.series.items())) or "none"),
         f"in flight: {len(report.in_flight)}",
         *(
-            f"  {job.series} run {job.run} ({job.route or 'not planned'}) on {job.worker}, {job.running_s:.0f} s"
+            f"  {job.series} run {job.run} ({job.route or 'not planned'}) on {job.worker}, "
+            f"{job.running_s:.0f} s"
             for job in report.in_flight
         ),
         "outbox: " + ("none" if not report.outbox else ""),
