@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -256,18 +257,24 @@ def _frames_of(path: Path) -> tuple[list[Frame], list[str]]:
     return frames, notes
 
 
+#: ``warnings.catch_warnings`` swaps process-wide state: two threads interleaving it (the node's
+#: worker threads) would leave a dead recorder installed for good, so reads take turns in it.
+_WARNINGS_LOCK = threading.Lock()
+
+
 @contextmanager
 def _pydicom_warnings() -> Iterator[list[warnings.WarningMessage]]:
     """Record pydicom's warnings instead of showing them; its logger (which repeats them) stays quiet."""
     logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield caught
-    finally:
-        logger.setLevel(level)
+    with _WARNINGS_LOCK:
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield caught
+        finally:
+            logger.setLevel(level)
 
 
 def _read(path: Path) -> Dataset:
