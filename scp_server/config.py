@@ -127,6 +127,14 @@ class NodeSettings(BaseSettings):
         le=16 * 1024 * 1024,
         description="Largest A-ASSOCIATE-RQ PDU read; a larger one is refused after its header, unread.",
     )
+    max_instance_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        le=1 << 34,
+        description="Largest instance (DIMSE message) accepted on an association; a larger one aborts it. "
+        "pynetdicom holds an instance in memory while it arrives, so this bounds what one peer can pin.",
+    )
+
     max_pending_connections: int = Field(
         32,
         ge=1,

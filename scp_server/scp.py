@@ -23,7 +23,6 @@ from typing import Any
 
 from pydicom.uid import (
     JPEG2000,
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -50,12 +49,13 @@ from scp_server.transport import NodeServer, serve
 
 log = logging.getLogger(__name__)
 
-#: Transfer syntaxes accepted for each of them: uncompressed and the common compressed ones.
+#: Transfer syntaxes accepted for each of them: uncompressed and the common compressed ones. Not
+#: Deflated Explicit VR Little Endian: pynetdicom inflates it with no bound while the association
+#: lasts (2 MB on the wire became 2 GiB in memory), and modalities do not send images that way.
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     ExplicitVRBigEndian,
-    DeflatedExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLossless,

@@ -64,6 +64,20 @@ _UNEXPECTED_PDU = 0x02
 _INVALID_PARAMETER_VALUE = 0x06
 
 
+#: Least bound on a PDU after the request, whatever maximum PDU size we announce.
+MIN_PDU_READ = 1 << 20
+
+
+def max_pdu_read(settings: NodeSettings, assoc: Association) -> int:
+    """The longest PDU read from a peer: the request's bound, or a few of our announced maximum PDUs.
+
+    Peers must not send PDUs longer than the maximum we announce; some do, by a
+    little, so the bound is generous and only stops a peer that wants memory.
+    """
+    announced = assoc.acceptor.maximum_length or 0
+    return max(settings.max_association_request_bytes, 4 * announced, MIN_PDU_READ)
+
+
 def _address(client_address: Any) -> str:
     """``host:port`` of a peer, for logs (addresses only: nothing the peer chose to send)."""
     host, port = client_address[0], client_address[1]
@@ -78,16 +92,20 @@ class _PrefixedSocket(AssociationSocket):
     """
 
     unread: bytearray
+    max_read: int
 
     @classmethod
-    def adopt(cls, wrapper: AssociationSocket, unread: bytes) -> None:
+    def adopt(cls, wrapper: AssociationSocket, unread: bytes, max_read: int) -> None:
         """Make ``wrapper`` (created by pynetdicom, already queued as connected) serve ``unread`` first.
 
         Re-classing keeps the one wrapper pynetdicom made: a second one would
-        announce the connection to the state machine twice.
+        announce the connection to the state machine twice. ``max_read`` bounds
+        every later read: pynetdicom reads a PDU whole, however long it says it is.
         """
         wrapper.__class__ = cls
-        cast(_PrefixedSocket, wrapper).unread = bytearray(unread)
+        adopted = cast(_PrefixedSocket, wrapper)
+        adopted.unread = bytearray(unread)
+        adopted.max_read = max_read
 
     @property
     def ready(self) -> bool:
@@ -97,7 +115,20 @@ class _PrefixedSocket(AssociationSocket):
         return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """``nr_bytes`` from the buffer first, then from the network."""
+        """``nr_bytes`` from the buffer first, then from the network; a PDU over ``max_read`` is refused.
+
+        Raising OSError is what pynetdicom's DUL takes as the connection lost
+        (Evt17): the association ends, aborted, with nothing of the PDU buffered.
+        """
+        if nr_bytes > self.max_read:
+            log.warning(
+                "association from %s: a PDU of %d bytes, over the %d allowed; connection closed",
+                _address((self.assoc.requestor.address, self.assoc.requestor.port)),
+                nr_bytes,
+                self.max_read,
+            )
+            self.close()
+            raise OSError(f"PDU of {nr_bytes} bytes refused")
         if not self.unread:
             return super().recv(nr_bytes)
         data = self.unread[:nr_bytes]
@@ -122,8 +153,30 @@ class _GuardedDIMSE(DIMSEServiceProvider):
     an A-ABORT and the association ends as aborted, with its events.
     """
 
+    max_message_bytes: int = 0
+    received_bytes: int = 0
+
     def receive_primitive(self, primitive: P_DATA) -> None:
-        """Decode a P-DATA into a DIMSE message; an undecodable one aborts the association."""
+        """Decode a P-DATA into a DIMSE message; an undecodable or oversized one aborts the association.
+
+        pynetdicom keeps every fragment of a message in memory until its last
+        one, so a message (an instance) larger than ``max_message_bytes`` is
+        refused as it grows, not after.
+        """
+        if self.message is None:
+            self.received_bytes = 0
+        self.received_bytes += sum(len(data) for _, data in primitive.presentation_data_value_list)
+        if self.max_message_bytes and self.received_bytes > self.max_message_bytes:
+            peer = self.assoc.requestor
+            log.warning(
+                "association from %r (%s): a DIMSE message over max_instance_bytes (%d); aborting it",
+                peer.ae_title,
+                _address((peer.address, peer.port)),
+                self.max_message_bytes,
+            )
+            self.message = None
+            self.dul.event_queue.put("Evt19")
+            return
         try:
             super().receive_primitive(primitive)
         except Exception as exc:  # pydicom and pynetdicom raise many types for malformed data
@@ -292,9 +345,13 @@ class _Connection(RequestHandler):
     def _run_association(self, request: bytes) -> tuple[Association, _Ending]:
         """Hand the connection to pynetdicom and wait until all of the association's threads are done."""
         assoc = self._create_association()
-        _PrefixedSocket.adopt(cast(AssociationSocket, assoc.dul.socket), request)
-        cast(socket.socket, self.request).settimeout(self.server.settings.network_timeout_s)
+        settings = self.server.settings
+        _PrefixedSocket.adopt(
+            cast(AssociationSocket, assoc.dul.socket), request, max_pdu_read(settings, assoc)
+        )
+        cast(socket.socket, self.request).settimeout(settings.network_timeout_s)
         assoc.dimse = _GuardedDIMSE(assoc)
+        assoc.dimse.max_message_bytes = settings.max_instance_bytes
         ending = _Ending()
         assoc.bind(evt.EVT_ACCEPTED, ending.on_accepted)
         assoc.bind(evt.EVT_RELEASED, ending.on_ended)

@@ -9,6 +9,7 @@ import pydicom
 import pynetdicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTDoseStorage, Verification
 
@@ -351,3 +352,12 @@ def test_objects_that_are_not_images_are_accepted_only_where_they_can_be_forward
         finally:
             server.shutdown()
             spool.close()
+
+
+def test_deflated_transfer_syntax_is_not_accepted(node):
+    """pynetdicom inflates it with no bound: 2 MB on the wire became 2 GiB in the node's memory."""
+    settings, _ = node
+    ae = AE(ae_title=CALLER)
+    ae.add_requested_context(CTImageStorage, [DeflatedExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
+    assert not assoc.is_established

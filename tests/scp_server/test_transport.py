@@ -628,3 +628,66 @@ def test_settings_reject_nonsense_limits():
         NodeSettings(max_association_request_bytes=100)
     with pytest.raises(ValueError):
         NodeSettings(max_pending_connections=0)
+
+
+# --- after acceptance: PDUs and instances bounded too (found by an adversarial review) -------------
+
+
+def node_process(tmp_path: Path, port: int) -> subprocess.Popen:
+    node = subprocess.Popen(
+        [sys.executable, "-c", NODE_PROCESS, str(port), str(tmp_path / "spool")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert node.stdout is not None and node.stdout.readline().strip() == "ready"
+    return node
+
+
+def send_until_closed(sock: socket.socket, megabytes: int) -> None:
+    chunk = bytes(1 << 20)
+    try:
+        for _ in range(megabytes):
+            sock.sendall(chunk)
+    except OSError:
+        pass  # the node closed the connection: what we want
+    closed_by_peer(sock)
+
+
+def test_a_huge_p_data_pdu_after_acceptance_is_refused_without_buffering_it(tmp_path):
+    """An accepted peer sent P-DATA-TF PDUs declaring 700 MiB: the node buffered each whole."""
+    port = free_port()
+    node = node_process(tmp_path, port)
+    try:
+        before = peak_rss_kib(node.pid)
+        sock = raw_associate(port)
+        sock.sendall(struct.pack(">BBL", 0x04, 0, 0xFFFFFFF0))
+        send_until_closed(sock, 96)
+        sock.close()
+        grown_mib = (peak_rss_kib(node.pid) - before) / 1024
+        assert grown_mib < 32, f"the node's peak memory grew by {grown_mib:.0f} MiB"
+    finally:
+        node.communicate(input="", timeout=PATIENCE_S)
+
+
+@pytest.mark.parametrize("limit_mib, stored", [(1, False), (1024, True)], ids=["over", "within"])
+def test_an_instance_over_max_instance_bytes_aborts_its_association_as_it_grows(tmp_path, limit_mib, stored):
+    """pynetdicom keeps every fragment of an instance in memory until the last one arrives."""
+    settings = node_settings(tmp_path, max_instance_bytes=limit_mib << 20)
+    stores: list[str] = []
+    handlers = [(evt.EVT_C_STORE, lambda event: stores.append(event.request.AffectedSOPInstanceUID) or 0)]
+    server = serve(build_ae(settings), settings, handlers)
+    try:
+        big = ct()
+        big.Rows, big.Columns = 1024, 1536  # 3 MiB of 16-bit pixels
+        big.PixelData = bytes(1024 * 1536 * 2)
+        sock = raw_associate(settings.port)
+        if stored:
+            assert raw_store(sock, big, 1) == 0x0000
+        else:
+            with pytest.raises((OSError, ConnectionError, AssertionError, struct.error)):
+                raw_store(sock, big, 1)
+        sock.close()
+        assert bool(stores) is stored
+    finally:
+        server.shutdown()
