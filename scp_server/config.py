@@ -195,6 +195,13 @@ class NodeSettings(BaseSettings):
     send_backoff_s: float = Field(
         2, ge=0, le=600, description="First wait between an outbox round's attempts; doubles each time."
     )
+    send_timeout_s: float = Field(
+        30,
+        gt=0,
+        le=600,
+        description="Seconds a destination may take to accept an association or answer a C-STORE; a job's "
+        "one delivery attempt to a destination that accepts and never answers costs about this long.",
+    )
     outbox_retry_s: float = Field(
         60, gt=0, le=86400, description="How often the node retries undelivered files (an outbox round)."
     )

@@ -44,6 +44,7 @@ def deliver(
         SEND_CLAIM_S,
         configured_destinations(settings),
         series_instance_uid,
+        settings.send_timeout_s,
     )
     undelivered = Counter(
         (result.error or f"status 0x{result.status:04X}", result.refused)

@@ -172,11 +172,12 @@ class Outbox:
         claim_s: float,
         current: Mapping[str, Destination] | None = None,
         series_instance_uid: str | None = None,
+        timeout_s: float = 30.0,
     ) -> list[SendResult]:
         """Claim pending files nobody is sending and try them once more, ``attempts`` associations each.
 
         Every attempt's outcome is recorded as it happens (see :meth:`claim` for
-        ``current`` and ``series_instance_uid``).
+        ``current`` and ``series_instance_uid``); ``timeout_s`` bounds each wait on a destination.
         """
         results: list[SendResult] = []
         for destination, paths in self.claim(owner, claim_s, current, series_instance_uid).items():
@@ -193,6 +194,7 @@ class Outbox:
                         calling_ae,
                         attempts=attempts,
                         backoff_s=backoff_s,
+                        timeout_s=timeout_s,
                         on_result=functools.partial(self.record_one, destination),
                     )
                 )
@@ -248,7 +250,9 @@ class Outbox:
         with self._lock:
             rows = self._db.execute(
                 "SELECT sop_instance_uid, destination, updated_at, "
-                "COALESCE(last_error, printf('status 0x%04X', status)) FROM outbox "
+                "CASE WHEN status IS NULL THEN last_error "
+                "ELSE printf('status 0x%04X', status) || COALESCE(' (' || last_error || ')', '') END "
+                "FROM outbox "
                 "WHERE state != 'delivered' AND (last_error IS NOT NULL OR status IS NOT NULL) "
                 "ORDER BY updated_at DESC LIMIT ?",
                 (limit,),

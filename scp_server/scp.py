@@ -100,6 +100,12 @@ def handle_store(event: Event, spool: Spool, on_stored: StoredHook | None = None
     try:
         dataset = event.dataset
         instance = instance_of(dataset)
+        announced = str(getattr(event.request, "AffectedSOPInstanceUID", None) or "")
+        if announced != instance.sop_instance_uid:  # the peer would believe another instance stored
+            raise InvalidIdentifiers(
+                f"SOPInstanceUID {printable(instance.sop_instance_uid)} differs from the request's "
+                f"Affected SOP Instance UID {printable(announced)}"
+            )
     except InvalidIdentifiers as exc:
         return _refuse(spool, encoded, calling, str(exc), MISSING_IDENTIFIERS)
     except Exception as exc:  # pydicom raises many types for malformed data
@@ -108,6 +114,8 @@ def handle_store(event: Event, spool: Spool, on_stored: StoredHook | None = None
         outcome = spool.store(encoded, instance, calling)
         if on_stored is not None:
             on_stored(instance.series_instance_uid, association_key(event.assoc), outcome)
+    except InvalidIdentifiers as exc:
+        return _refuse(spool, encoded, calling, str(exc), MISSING_IDENTIFIERS)
     except (OSError, sqlite3.Error) as exc:
         log.error("C-STORE from %s: not recorded (%s); peer must retry (0xA700)", calling, _why(exc))
         return OUT_OF_RESOURCES

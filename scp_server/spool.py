@@ -118,9 +118,17 @@ class Spool:
         """Keep ``encoded`` (a complete DICOM file) durably; says whether it was new, a duplicate or changed.
 
         Raises ``OSError`` (e.g. ENOSPC) with nothing half-written left behind,
-        and the instance stored before (if any) left as it was.
+        and the instance stored before (if any) left as it was; raises
+        :class:`InvalidIdentifiers` for a SOP Instance UID stored in another series
+        (a UID names one instance, and moving it would change a series already
+        processed behind its back).
         """
         known = self._known(instance.sop_instance_uid)
+        if known is not None and Path(known[0]).parent.name != instance.series_instance_uid:
+            raise InvalidIdentifiers(
+                f"SOPInstanceUID {instance.sop_instance_uid} is already stored in another series "
+                f"({Path(known[0]).parent.name})"
+            )
         if known is not None and known[1] in ("", instance.pixel_hash):
             return Outcome.DUPLICATE  # an index row from before hashes were kept counts as the same
         path = self.instance_path(instance)
@@ -133,8 +141,6 @@ class Spool:
                 path.unlink(missing_ok=True)
             code = errno.ENOSPC if "full" in str(exc) else errno.EIO
             raise OSError(code, f"spool index: {exc}") from exc
-        if known is not None and self.root / known[0] != path:  # it moved to another series
-            (self.root / known[0]).unlink(missing_ok=True)
         return Outcome.NEW if known is None else Outcome.CHANGED
 
     def instance_path(self, instance: StoredInstance) -> Path:

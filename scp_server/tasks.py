@@ -88,6 +88,10 @@ def plan_run(settings: NodeSettings, spool: Spool, series_uid: str) -> RunPlan:
     )
 
 
+class NotOurs(Exception):
+    """The run was superseded or taken over while this worker processed it."""
+
+
 class NoUsableImage(Exception):
     """A run found nothing to denoise or forward; the message says why, for ``n2d status``."""
 
@@ -112,15 +116,13 @@ class SeriesProcessor:
             return
         started = time.perf_counter()
         with renewed(lambda: tracker.renew(series_uid, run, owner, lease_s), lease_s / 4) as lost:
-            error, transient = self._run(series_uid, run)
+            error, transient = self._run(series_uid, run, owner)
             if transient:
                 recorded = not lost.is_set() and self._put_back(series_uid, run, owner)
             else:
                 recorded = not lost.is_set() and self._finish(series_uid, run, owner, error, lost)
         if not recorded:
-            log.warning(
-                "series %s run %d: lease lost while processing (the node queues it again)", series_uid, run
-            )
+            log.warning("series %s run %d: %s", series_uid, run, self._not_ours_any_more(series_uid, run))
         log.info(
             "series %s run %d: %s in %.1f s",
             series_uid,
@@ -129,14 +131,23 @@ class SeriesProcessor:
             time.perf_counter() - started,
         )
 
-    def _run(self, series_uid: str, run: int) -> tuple[str | None, bool]:
+    def _not_ours_any_more(self, series_uid: str, run: int) -> str:
+        """Why a run's outcome was not recorded, for the log."""
+        now = self.stores.tracker.state(series_uid)
+        if now is not None and now[1] > run:
+            return f"superseded by run {now[1]} (new or changed instances); its derived series was not sent"
+        return "lease lost while processing (the node queues it again)"
+
+    def _run(self, series_uid: str, run: int, owner: str) -> tuple[str | None, bool]:
         """Process the run; returns ``(error, transient)``, ``(None, False)`` when it succeeded.
 
         A transient error (the spool's disk full, its database busy or full) says
         nothing about the series: the run is retried, not failed.
         """
         try:
-            self._process(series_uid, run)
+            self._process(series_uid, run, owner)
+        except NotOurs as exc:
+            return str(exc), False
         except NoUsableImage as exc:
             return f"no usable image: {exc}", False
         except Exception as exc:  # the run is recorded as failed, with why, for `n2d retry`
@@ -185,11 +196,11 @@ class SeriesProcessor:
         self.stores.tracker.record_plan(series_uid, run, plan.model_dump_json())
         return plan
 
-    def _process(self, series_uid: str, run: int) -> None:
+    def _process(self, series_uid: str, run: int, owner: str) -> None:
         plan = self.plan(series_uid, run)
         instances = self.stores.spool.series_instances(series_uid)
         if plan.route is not None:
-            self._denoise_and_queue(series_uid, run, instances, plan)
+            self._denoise_and_queue(series_uid, run, instances, plan, owner)
         elif plan.forward_unmatched:
             self._forward_unchanged(series_uid, run, instances, plan.forward_unmatched, "no route matches")
         else:
@@ -213,9 +224,14 @@ class SeriesProcessor:
         )
 
     def _denoise_and_queue(
-        self, series_uid: str, run: int, instances: list[tuple[str, Path]], plan: RunPlan
+        self, series_uid: str, run: int, instances: list[tuple[str, Path]], plan: RunPlan, owner: str
     ) -> None:
-        """Denoise what can be, forward what is not an image to denoise, fail if nothing was either."""
+        """Denoise what can be, forward what is not an image to denoise, fail if nothing was either.
+
+        A run superseded while it was denoised (a new or changed instance arrived)
+        queues nothing: its derived series would be stale, and the next run sends
+        the whole series.
+        """
         assert plan.route is not None
         route = plan.route
         uid_of = {path: uid for uid, path in instances}
@@ -229,6 +245,8 @@ class SeriesProcessor:
             derived = denoise_series(series, route.n2d, derivation, self.device, identity=f"run {run}")
             folder = self.stores.spool.root / "derived" / derived.series_uid
             paths = write_instances(derived.datasets, folder)
+            if not self.stores.tracker.holds(series_uid, run, owner):
+                raise NotOurs(f"not queued for delivery: {self._not_ours_any_more(series_uid, run)}")
             items = [(str(ds.SOPInstanceUID), path) for ds, path in zip(derived.datasets, paths)]
             for destination in route.destinations:
                 self.stores.outbox.add(items, destination, series_uid)

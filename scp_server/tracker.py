@@ -3,7 +3,9 @@
 DICOM has no "end of series" message. Like Orthanc's stable-series rule and
 MONAI Deploy's timeouts, a series counts as complete when the association that
 brought it has been released and no instance has arrived for a quiet period,
-or, whatever the associations do, when it has been receiving for a maximum wait.
+or, whatever the associations do, when it has been receiving for a maximum wait
+and then no instance arrived for a quiet period (a modality that keeps one
+association open for hours is not cut in the middle of sending a series).
 An association that was *aborted* (peer killed, network cut, node crashed) is
 no sign that the sender is done: its series waits ``aborted_grace_s`` for the
 sender to send again (a released association that brings the series ends the
@@ -190,8 +192,13 @@ class SeriesTracker:
             rows = self._db.execute(
                 "SELECT series_instance_uid, run FROM series WHERE state = 'receiving' AND ("
                 "(open_associations = '' AND last_received <= "
-                "CASE interrupted WHEN 0 THEN ? ELSE ? END) OR first_received <= ?)",
-                (now - self.quiet_period_s, now - self.aborted_grace_s, now - self.max_wait_s),
+                "CASE interrupted WHEN 0 THEN ? ELSE ? END) OR (first_received <= ? AND last_received <= ?))",
+                (
+                    now - self.quiet_period_s,
+                    now - self.aborted_grace_s,
+                    now - self.max_wait_s,
+                    now - self.quiet_period_s,
+                ),
             ).fetchall()
             return self._move(rows, "receiving", now)
 
@@ -249,6 +256,16 @@ class SeriesTracker:
                 ),
             )
         return cursor.rowcount == 1
+
+    def holds(self, series_uid: str, run: int, owner: str) -> bool:
+        """Whether ``owner`` still holds the run (not superseded by a new run, not taken over)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM series WHERE series_instance_uid = ? AND run = ? AND state = 'processing' "
+                "AND owner = ?",
+                (series_uid, run, owner),
+            ).fetchone()
+        return row is not None
 
     def put_back(self, series_uid: str, run: int, owner: str) -> bool:
         """``owner`` gives the run back unfinished (a transient error): ``queued`` again, job to be re-sent.

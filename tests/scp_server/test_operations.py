@@ -37,7 +37,7 @@ def received_and_done(stores: Stores, series: str, error: str | None = None) -> 
     tracker = stores.tracker
     tracker.instance_received(series, "a")
     tracker.association_released("a")
-    tracker.max_wait_s = 0
+    tracker.quiet_period_s = 0
     (due,) = tracker.claim_due()
     assert tracker.start(series, due.run, "w", 60)
     assert tracker.finish(series, due.run, "w", error)
@@ -149,7 +149,7 @@ def test_status_shows_the_route_a_run_in_flight_was_claimed_with(stores, setting
     stores.spool.store(b"DICM", instance, "CT01")
     stores.tracker.instance_received("1.3", "a")
     stores.tracker.association_released("a")
-    stores.tracker.max_wait_s = 0
+    stores.tracker.quiet_period_s = 0
     stores.tracker.claim_due()
     stores.tracker.record_plan("1.3", 1, '{"route": {"name": "ct", "n2d": {"iterations": 7}}}')
     assert stores.tracker.start("1.3", 1, "w:1:a", 60)

@@ -62,7 +62,7 @@ def test_answers_are_recorded_and_release_the_claim(outbox, tmp_path):
     assert outbox.pending_count() == 1
     assert [p.name for p in outbox.claim("w:2:b", 600)[PACS]] == ["1.3.dcm"]  # free again
     assert [(uid, error) for uid, _, _, error in outbox.errors()] == [
-        ("1.2", "refused"),
+        ("1.2", "status 0xA900 (refused)"),  # the destination's own status, as n2d status shows it
         ("1.3", "no association"),
     ]
     assert not outbox.settled("9.1")

@@ -181,3 +181,24 @@ def test_a_full_disk_while_writing_the_derived_series_puts_the_run_back_instead_
     assert opened.tracker.state(series) == ("queued", 1) and delivered == []
     processor(series, run)  # the node queues it again after job_lease_s; the space is back
     assert opened.tracker.state(series) == ("done", 1) and len(delivered) == 2
+
+
+def test_a_run_superseded_while_it_was_denoised_sends_nothing(tmp_path, stores, pacs, monkeypatch):
+    """Found by an adversarial review: a superseded run's partial derived series reached the PACS."""
+    port, delivered = pacs
+    settings = node_settings(tmp_path, port)
+    opened = stores(settings)
+    files = write_ct_series(tmp_path, [0, 5, 10])
+    series, run = received(opened, files[:2])
+    real = tasks.write_instances
+
+    def late_instance_meanwhile(*args, **kwargs):
+        late = pydicom.dcmread(files[2])
+        opened.spool.store(files[2].read_bytes(), instance_of(late), CALLER)
+        opened.tracker.instance_received(series, "b")  # run 2 begins
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "write_instances", late_instance_meanwhile)
+    SeriesProcessor(settings, opened, torch.device("cpu"))(series, run)
+    assert opened.tracker.state(series) == ("receiving", 2)
+    assert opened.outbox.rows() == [] and delivered == []

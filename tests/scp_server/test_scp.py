@@ -361,3 +361,19 @@ def test_deflated_transfer_syntax_is_not_accepted(node):
     ae.add_requested_context(CTImageStorage, [DeflatedExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
     assert not assoc.is_established
+
+
+def test_a_dataset_that_is_not_the_instance_the_request_announced_is_refused(node):
+    """Found by an adversarial review: the peer believed instance X stored when Y was."""
+    from tests.scp_server.test_transport import raw_associate, raw_store  # it imports this module
+
+    settings, spool = node
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    sock = raw_associate(settings.port)
+    try:
+        assert raw_store(sock, source, 1, announced="1.2.3.4.5") == 0xC211
+    finally:
+        sock.close()
+    assert not spool.contains(source.SOPInstanceUID)
+    ((_, reason),) = spool.quarantined()
+    assert "differs from the request's Affected SOP Instance UID 1.2.3.4.5" in reason

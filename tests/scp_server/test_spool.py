@@ -55,3 +55,14 @@ def test_store_says_whether_an_instance_is_new_a_duplicate_or_changed(tmp_path):
     source.PixelData = bytes(len(source.PixelData))
     assert spool.store(b"two", instance_of(source), "CT01") is Outcome.CHANGED
     assert spool.series_files(source.SeriesInstanceUID)[0].read_bytes() == b"two"
+
+
+def test_a_sop_instance_uid_already_stored_in_another_series_is_refused(tmp_path):
+    """Found by an adversarial review: acknowledged and silently not stored, or moved between series."""
+    source = pydicom.dcmread(data_file("CT_small.dcm"))
+    spool = Spool(tmp_path)
+    spool.store(b"one", instance_of(source), "CT01")
+    source.SeriesInstanceUID = "1.2.3.4"
+    with pytest.raises(InvalidIdentifiers, match="already stored in another series"):
+        spool.store(b"one", instance_of(source), "CT01")
+    assert spool.series_files("1.2.3.4") == []

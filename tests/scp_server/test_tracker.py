@@ -253,3 +253,14 @@ def test_the_plan_a_run_was_claimed_with_is_kept_with_the_run(tracker, clock):
     tracker.record_plan("1.2.3", 1, '{"route": "ct"}')
     assert tracker.plan("1.2.3", 1) == '{"route": "ct"}'
     assert tracker.plan("1.2.3", 2) is None
+
+
+def test_an_association_open_past_max_wait_is_not_cut_while_instances_keep_coming(tracker, clock):
+    """Found by an adversarial review: each max_wait_s of an open association gave a partial series."""
+    tracker.instance_received("1.2.3", "a")
+    for _ in range(70):  # one instance every 9 s, for longer than max_wait_s (600 s)
+        clock.now += 9
+        tracker.instance_received("1.2.3", "a")
+        assert tracker.claim_due() == []
+    clock.now += 10  # a quiet period past max_wait_s, the association still open
+    assert tracker.claim_due() == [DueSeries("1.2.3", 1)]

@@ -99,12 +99,17 @@ def raw_associate(port: int) -> socket.socket:
     return sock
 
 
-def raw_store(sock: socket.socket, dataset: pydicom.Dataset, message_id: int) -> int:
-    """Send a C-STORE-RQ on presentation context 1 and return the status of its C-STORE-RSP."""
+def raw_store(
+    sock: socket.socket, dataset: pydicom.Dataset, message_id: int, announced: str | None = None
+) -> int:
+    """Send a C-STORE-RQ on presentation context 1 and return the status of its C-STORE-RSP.
+
+    ``announced`` is the Affected SOP Instance UID of the request (default: the dataset's).
+    """
     request = C_STORE()
     request.MessageID = message_id
     request.AffectedSOPClassUID = dataset.SOPClassUID
-    request.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+    request.AffectedSOPInstanceUID = announced or dataset.SOPInstanceUID
     request.Priority = 2
     encoded = encode(dataset, True, True)
     assert encoded is not None
