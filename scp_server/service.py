@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -45,6 +47,18 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.5
 #: How often spool data past its retention is looked for, in seconds.
 RETENTION_SWEEP_S = 300.0
+
+
+class HTTPServer(ThreadingHTTPServer):
+    """The standard threading HTTP server, whose failures (a client gone mid-answer) go to the log.
+
+    socketserver prints a traceback to stderr itself, around the log's one-line format.
+    """
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: Any) -> None:
+        log.warning("http: answering %s failed: %s", client_address[0], sys.exc_info()[1])
 
 
 class Node:
@@ -80,9 +94,7 @@ class Node:
         self._spawn(self._poll, "series-poller")
         self._spawn(self._deliver, "outbox")
         if self.settings.http_port:
-            http = ThreadingHTTPServer(
-                (self.settings.bind_address, self.settings.http_port), self._http_handler()
-            )
+            http = HTTPServer((self.settings.bind_address, self.settings.http_port), self._http_handler())
             self._servers.append(http)
             self._spawn(http.serve_forever, "http")
 
