@@ -332,12 +332,14 @@ class _Connection(RequestHandler):
     def _reject_local_limit(self, request: bytes) -> None:
         """A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), local limit exceeded."""
         calling = request[26:42].decode("ascii", "replace").strip()
-        log.warning(
-            "association from %r (%s) rejected: max_associations (%d) associations in progress",
-            calling,
-            _address(self.client_address),
-            self.server.settings.max_associations,
-        )
+        if self.server._count_rejection():
+            log.warning(
+                "association from %r (%s) rejected: max_associations (%d) associations in progress; "
+                "further rejections are counted until one ends",
+                calling,
+                _address(self.client_address),
+                self.server.settings.max_associations,
+            )
         reject = A_ASSOCIATE_RJ()
         reject.result, reject.source, reject.reason_diagnostic = 0x02, 0x03, 0x02
         self._send(reject.encode())
@@ -410,6 +412,7 @@ class NodeServer(ThreadedAssociationServer):
         self._pending = 0
         self._negotiated = 0
         self._refused_while_full = 0
+        self._rejected_while_busy = 0
         super().__init__(
             ae, address, ae_title, contexts, ssl_context, evt_handlers, request_handler or _Connection
         )
@@ -482,6 +485,22 @@ class NodeServer(ThreadedAssociationServer):
     def _free_slot(self) -> None:
         with self._lock:
             self._negotiated -= 1
+            rejected, self._rejected_while_busy = self._rejected_while_busy, 0
+        if rejected > 1:
+            log.warning(
+                "%d more associations were rejected while max_associations (%d) were in progress",
+                rejected - 1,
+                self.settings.max_associations,
+            )
+
+    def _count_rejection(self) -> bool:
+        """Count an association rejected for want of a slot; True for the first since one was free.
+
+        A flood of associations must not become a flood of log lines.
+        """
+        with self._lock:
+            self._rejected_while_busy += 1
+            return self._rejected_while_busy == 1
 
 
 def serve(

@@ -696,3 +696,20 @@ def test_an_instance_over_max_instance_bytes_aborts_its_association_as_it_grows(
         assert bool(stores) is stored
     finally:
         server.shutdown()
+
+
+def test_a_flood_of_rejected_associations_is_a_line_and_a_count_not_a_line_each(tmp_path, caplog):
+    """Found by an adversarial review: 398 warning lines in 36 s while max_associations were busy."""
+    settings = node_settings(tmp_path, max_associations=1)
+    server = serve(build_ae(settings), settings, [])
+    held = establish(settings)
+    try:
+        with caplog.at_level(logging.WARNING, logger="scp_server.transport"):
+            for _ in range(6):
+                assert establish(settings).is_rejected
+            held.release()
+            wait_for(lambda: server.negotiated_associations == 0, "the slot to come back")
+        lines = [r.getMessage() for r in caplog.records if "max_associations" in r.getMessage()]
+        assert len(lines) == 2 and lines[1].startswith("5 more associations were rejected"), lines
+    finally:
+        server.shutdown()
