@@ -117,17 +117,17 @@ class Spool:
     def store(self, encoded: bytes, instance: StoredInstance, calling_aet: str) -> Outcome:
         """Keep ``encoded`` (a complete DICOM file) durably; says whether it was new, a duplicate or changed.
 
-        Raises ``OSError`` (e.g. ENOSPC) with nothing half-written left behind,
-        and the instance stored before (if any) left as it was; raises
+        Raises ``OSError`` (e.g. ENOSPC) with nothing half-written left behind:
+        a new instance is then not kept, and a changed one keeps its old index row
+        (its retry is taken as changed again); raises
         :class:`InvalidIdentifiers` for a SOP Instance UID stored in another series
         (a UID names one instance, and moving it would change a series already
         processed behind its back).
         """
         known = self._known(instance.sop_instance_uid)
-        if known is not None and Path(known[0]).parent.name != instance.series_instance_uid:
+        if known is not None and known[0] != instance.series_instance_uid:
             raise InvalidIdentifiers(
-                f"SOPInstanceUID {instance.sop_instance_uid} is already stored in another series "
-                f"({Path(known[0]).parent.name})"
+                f"SOPInstanceUID {instance.sop_instance_uid} is already stored in another series ({known[0]})"
             )
         if known is not None and known[1] in ("", instance.pixel_hash):
             return Outcome.DUPLICATE  # an index row from before hashes were kept counts as the same
@@ -152,10 +152,11 @@ class Spool:
         return self.instances_dir / instance.series_instance_uid / f"{instance.sop_instance_uid}.dcm"
 
     def _known(self, sop_instance_uid: str) -> tuple[str, str] | None:
-        """``(path, pixel hash)`` of a stored instance, or ``None``."""
+        """``(series UID, pixel hash)`` of a stored instance, or ``None``."""
         with self._lock:
             row = self._db.execute(
-                "SELECT path, pixel_hash FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+                "SELECT series_instance_uid, pixel_hash FROM instances WHERE sop_instance_uid = ?",
+                (sop_instance_uid,),
             ).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 

@@ -68,12 +68,6 @@ class RunPlan(BaseModel):
     )
     derivation: DerivationSettings
 
-    def describe(self) -> str:
-        """The route's name, or what happens to a series no route takes."""
-        if self.route is not None:
-            return self.route.name
-        return "forward unchanged" if self.forward_unmatched else "no route"
-
 
 def plan_run(settings: NodeSettings, spool: Spool, series_uid: str) -> RunPlan:
     """The plan for a series now: the first route that takes it (by its first instance and sender)."""
