@@ -43,5 +43,11 @@ def is_valid_uid(uid: str, strict: bool = False) -> bool:
 
 def printable(text: str, limit: int = 80) -> str:
     """``text`` safe to show in one log line: control characters escaped, cut at ``limit`` characters."""
-    shown = text if len(text) <= limit else f"{text[:limit]}..."
-    return shown.encode("unicode_escape").decode("ascii")
+    return escape_controls(text if len(text) <= limit else f"{text[:limit]}...")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``...)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import logging
 
+from n2d_dicom.uids import escape_controls
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Prefix of each traceback line: nothing a peer sends can start a line of its own.
 CONTINUATION = "    | "
 #: Libraries that repeat, per malformed instance, what the handler already says once.
 CHATTY = ("pydicom", "py.warnings", "pynetdicom.utils", "pynetdicom.dimse_primitives")
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``...)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class OneLineFormatter(logging.Formatter):
