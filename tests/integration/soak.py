@@ -61,6 +61,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from scp_server.load import start_pacs, synthetic_series
+from tests.conftest import free_port
 
 N2D = Path(sys.executable).with_name("n2d")
 #: Faults injected over time, in turn.
@@ -155,13 +156,6 @@ class SoakFigures(BaseModel):
         if self.unexpected_exits:
             found.append(f"processes that exited by themselves: {self.unexpected_exits}")
         return found
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def mount_namespaces_work() -> bool:

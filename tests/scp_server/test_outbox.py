@@ -8,6 +8,7 @@ import pytest
 
 from scp_server.outbox import MISSING, Outbox, destination_key
 from scp_server.sender import Destination, DestinationTLS, SendResult
+from tests.conftest import free_port
 from tests.n2d_dicom.conftest import data_file
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
@@ -95,15 +96,9 @@ def test_refused_rows_can_be_retried_or_forgotten(outbox, tmp_path):
     assert outbox.counts() == {}
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_every_failed_attempt_is_recorded_with_its_reason(outbox, tmp_path):
     """Finding 10: rows that failed with 'no association' kept attempts=0 and no error."""
-    down = Destination(ae_title="PACS", host="127.0.0.1", port=closed_port())
+    down = Destination(ae_title="PACS", host="127.0.0.1", port=free_port())
     path = tmp_path / "1.1.dcm"
     write_ct(path, "1.1")
     outbox.add([("1.1", path)], down, "9.1")

@@ -15,8 +15,8 @@ from scp_server.outbox import destination_key
 from scp_server.spool import instance_of
 from scp_server.stores import Stores
 from scp_server.tasks import SeriesProcessor, plan_run
+from tests.conftest import free_port
 from tests.n2d_dicom.conftest import write_ct_series
-from tests.scp_server.test_outbox import closed_port
 
 CALLER = "CT01"
 
@@ -81,7 +81,7 @@ def test_a_run_follows_the_plan_it_was_claimed_with_not_a_config_edited_since(tm
     opened = stores(claimed_with)
     series, run = received(opened, write_ct_series(tmp_path, [0, 5]))
     opened.tracker.record_plan(series, run, plan_run(claimed_with, opened.spool, series).model_dump_json())
-    edited = node_settings(tmp_path, closed_port(), routes=[])  # the route is gone, the PACS moved
+    edited = node_settings(tmp_path, free_port(), routes=[])  # the route is gone, the PACS moved
     SeriesProcessor(edited, opened, torch.device("cpu"))(series, run)
     assert len(delivered) == 2
     assert {row.destination for row in opened.outbox.rows()} == {f"PACS@127.0.0.1:{port}"}
@@ -107,7 +107,7 @@ def test_a_series_with_no_usable_image_fails_with_the_reason(tmp_path, stores, p
 
 def test_a_destination_that_is_down_costs_the_job_one_attempt(tmp_path, stores):
     """Finding 13: the single worker spent every send attempt's backoff per series while others waited."""
-    settings = node_settings(tmp_path, closed_port(), send_attempts=5, send_backoff_s=0.2)
+    settings = node_settings(tmp_path, free_port(), send_attempts=5, send_backoff_s=0.2)
     opened = stores(settings)
     series, run = received(opened, write_ct_series(tmp_path, [0, 5]))
     SeriesProcessor(settings, opened, torch.device("cpu"))(series, run)
