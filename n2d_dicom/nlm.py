@@ -6,9 +6,9 @@ make different errors. Their average is a better smooth intermediate ``d2``,
 from which stage 3 then restores detail. It runs on the images stage 2 sees: the
 slices for white noise, the decorrelated sub-images for correlated noise, so its
 noise is white either way, as the sigma estimate (:func:`n2d_dicom.noise.noise_sigma`)
-and the patch comparison assume. Measured on
-the benchmark (README, "Beyond the paper"): better than averaging the two final
-outputs on the real CT and MR slices, in PSNR and SSIM alike.
+and the patch comparison assume. Blending here, rather than averaging the two
+final outputs, lets stage 3 restore the detail non-local means smooths away
+(the comparison is in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def nlm_estimate(slices: Tensor) -> Tensor:
     """scikit-image's fast non-local means of every slice of ``(S, H, W)``, ``h = 0.8 sigma``.
 
     Slices run in as many threads as torch may use (the node's ``threads``): scikit-image's
-    filter releases the GIL, and 2 threads measured 1.9x one on 2 cores.
+    filter releases the GIL, so the threads run in parallel.
     """
     images = slices.detach().cpu()
     out = torch.empty_like(images)

@@ -94,8 +94,8 @@ def decorrelating_stride(slices: Tensor) -> int:
     The box-mean residual hides the weak tail of a correlation (a 3x3 binomial
     kernel's noise has rho = 0.67 at lag 1 and 0.17 at lag 2, measured as about
     0.47 and 0), so the stride is one beyond the last lag measured as correlated:
-    3 for that kernel, which is what its noise needs (on the benchmark's CT crop,
-    N2D on stride-2 sub-images gave 30.4 dB, stride 3 34.7 dB, from 20.1 dB noisy).
+    3 for that kernel, which is what its noise needs (stride 2 leaves N2D's pairs
+    sharing part of it; docs/benchmarks.md).
     """
     if min(slices.shape[-2:]) <= 2 * BOX:
         return 1
@@ -114,9 +114,8 @@ def keep_structure(noisy: Tensor, denoised: Tensor) -> Tensor:
     ``sigma^2`` the median of ``E`` where ``denoised`` is flat (the flatter half of
     its unclipped pixels): where the denoiser removed noise only, ``E`` is about
     ``sigma^2``. From ``E = 3 sigma^2`` to ``6 sigma^2`` the output blends linearly to
-    the noisy pixel. On the benchmark's filtered-noise phantom this turned 15.8 dB
-    (edges blurred away) into 23.1 dB (noisy 21.8 dB), while the real CT and MR
-    crops, where nothing was blurred, moved by under +0.1 dB.
+    the noisy pixel. Where nothing was blurred the output is left nearly as it was;
+    what it restores on the benchmark's phantom is in docs/benchmarks.md.
     """
     estimate = denoised.float()
     energy = box_mean((noisy.float() - estimate) ** 2)

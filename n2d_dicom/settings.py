@@ -48,8 +48,8 @@ class N2DSettings(BaseModel):
         description="Signal-dependent (Poisson-Gaussian) noise: on: denoise after the generalised "
         "Anscombe transform, fitted to the noise measured on the image (its variance against "
         "intensity), and map back with the unbiased inverse. auto: only where the variance measures "
-        "at least 2x higher in the brightest areas than in the darkest (with the Wiener step, MR "
-        "Poisson noise gained +0.3 to +0.5 dB; no other benchmark case measures so). off: as the paper.",
+        "at least 2x higher in the brightest areas than in the darkest, since forcing it on noise "
+        "that is not signal-dependent loses a little. off: as the paper.",
     )
     nlm_blend: float = Field(
         0.5,

@@ -4,8 +4,7 @@ Photon-counting noise (low-dose CT before reconstruction, MR magnitude at low
 SNR, X-ray, PET) has a variance that grows with the signal, ``var = gain * y +
 floor`` (Poisson-Gaussian). N2D's losses weigh every pixel alike, so bright areas,
 whose noise is largest, dominate training. The generalised Anscombe transform
-(GAT) maps such data to noise of unit variance everywhere (on the benchmark this
-changed N2D's result little: README, "Signal-dependent noise"); N2D denoises that, and
+(GAT) maps such data to noise of unit variance everywhere; N2D denoises that, and
 the closed-form approximation of the exact unbiased inverse (Makitalo and Foi,
 IEEE TIP 2011 and 2013) maps the result back without the bias a plain algebraic
 inverse leaves at low counts.

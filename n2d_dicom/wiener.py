@@ -10,30 +10,22 @@ output. Every pixel then averages the estimates of the 64 windows over it, each
 weighted by ``1 / sum(shrink^2 v)``, the inverse of its estimate's noise
 variance, so windows kept noisy count less.
 
-The window side suits the image: large windows fit smooth anatomy (CT head, quick
-benchmark: 39.27, 41.56, 42.04 dB at sides 8, 16, 24), small ones sharp, small
-structures (the phantom: 26.56, 25.86, 25.28). Each series takes the side of
-8, 16 and 24 with the least risk, Stein's unbiased estimate of the squared error,
-which needs no clean image; on the nine quick benchmark cases its side was within
-0.3 dB of the best one.
+The window side suits the image: large windows fit smooth anatomy, small ones
+sharp, small structures. Each series takes the side of 8, 16 and 24 with the
+least risk, Stein's unbiased estimate of the squared error, which needs no clean
+image.
 
 For white noise ``v`` is the variance the noise-level line fitted on the image
 (:func:`n2d_dicom.variance.noise_level`) gives at the window's mean intensity, so
 that signal-dependent (Poisson) noise is shrunk by its local level. Where that line
-cannot be measured (too few flat, unclipped pixels, as on the benchmark's CT crops)
-it is one number, the noise sigma squared (:func:`n2d_dicom.noise.noise_sigma`).
-At side 16, the line against one number: MR abdomen Poisson 29.54 against 29.00 dB,
-the Poisson phantom 28.51 against 26.78, MR Gaussian 30.30 against 30.16; on the
-Gaussian phantom, whose clipped background makes the line rise with intensity,
-25.86 against 26.00. For correlated noise each frequency has its own variance: the
-spectrum of the residual ``noisy - pilot``, scaled to the noise variance measured on
-the decorrelated sub-images (:func:`noise_models`). For white noise the residual is
-the worse estimate: the pilot keeps some noise, so the residual under-measures it
-(MR abdomen, side 16: 29.73 against 30.22 dB).
+cannot be measured (too few flat, unclipped pixels) it is one number, the noise
+sigma squared (:func:`n2d_dicom.noise.noise_sigma`). For correlated noise each
+frequency has its own variance: the spectrum of the residual ``noisy - pilot``,
+scaled to the noise variance measured on the decorrelated sub-images
+(:func:`noise_models`). For white noise the residual is the worse estimate: the
+pilot keeps some noise, so the residual under-measures it.
 
-On the quick benchmark (README, "Beyond the paper") the step adds +1.0 to +2.6 dB
-to N2D's output and puts it within 1 dB of BM3D, or above it, on every white and
-Poisson case.
+What each choice measured: docs/benchmarks.md, "Design choices, measured".
 """
 
 from __future__ import annotations
@@ -56,9 +48,8 @@ log = logging.getLogger(__name__)
 SIDES = (8, 16, 24)
 #: The side on images whose sides are under twice the largest of :data:`SIDES`.
 SMALL_IMAGE_SIDE = 16
-#: Windows ``side / 8`` pixels apart, so every pixel lies in 64 windows whatever the side. On the
-#: quick benchmark windows 2 pixels apart measured at most 0.04 dB below every position at side 16,
-#: at 1/4 of the work.
+#: Windows ``side / 8`` pixels apart, so every pixel lies in 64 windows whatever the side: nearly
+#: the quality of a window at every position, for a fraction of the work.
 WINDOWS_ACROSS = 8
 #: At most this many slices, evenly spread, choose the side.
 RISK_SLICES = 8
@@ -209,8 +200,7 @@ def noise_models(noisy: Tensor, stride: int) -> ModelFor:
     each slice's :func:`n2d_dicom.noise.noise_sigma` squared. Correlated noise: each slice's
     residual spectrum, rescaled to the noise's total variance measured on the decorrelated
     ``stride x stride`` sub-images, where it is white. The residual alone under-measures it
-    wherever the pilot keeps some noise (MR abdomen 256x256, filtered noise: 26.11 dB unscaled,
-    26.52 scaled; with the true spectrum 26.63).
+    wherever the pilot keeps some noise.
     """
     if stride > 1:
         power = decorrelated_power(noisy[:, 0, 0], stride)
