@@ -89,9 +89,9 @@ def _bounds(field: FieldInfo) -> list[str]:
         elif isinstance(item, annotated_types.MultipleOf):
             words.append(f"multiple of {item.multiple_of}")
         elif isinstance(item, annotated_types.MinLen):
-            words.append(f"at least {item.min_length} long")
+            words.append(f"length >= {item.min_length}")
         elif isinstance(item, annotated_types.MaxLen):
-            words.append(f"at most {item.max_length} long")
+            words.append(f"length <= {item.max_length}")
         elif getattr(item, "pattern", None) is not None:
             words.append(f"matches `{item.pattern}`")
     return words
