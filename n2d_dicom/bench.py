@@ -6,8 +6,11 @@ Gaussian, Poisson, and Gaussian noise correlated by a 3x3 binomial kernel, the
 way a CT reconstruction kernel spreads noise). Every method sees the same noisy
 array in [0, 1]; PSNR and SSIM use the clean image's data range. BM3D runs twice:
 with the sigma a user would estimate, and told the true noise spectrum, the bound
-of a classical denoiser with a perfect noise model. BM3D and scikit-image are
-benchmark comparators only (``bench`` extra), never runtime dependencies of the node.
+of a classical denoiser with a perfect noise model. BM3D (non-commercial) is a
+benchmark comparator only, in the ``bench`` extra with the test images, never a
+runtime dependency of the node; scikit-image is a runtime dependency, since its
+non-local means is part of the defaults (:mod:`n2d_dicom.nlm`), and is also shown
+here on its own.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class BenchPlan:
 
     @classmethod
     def standard(cls) -> BenchPlan:
-        """Every row on 96x96 crops at 800 iterations: about half an hour on 2 CPU cores."""
+        """Every row on 96x96 crops at 800 iterations, sized for a CPU (times: docs/benchmarks.md)."""
         return cls(crop=96, iterations=800, phantom_slices=4, phantom_side=64)
 
     @classmethod

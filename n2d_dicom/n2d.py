@@ -119,9 +119,9 @@ def stage3_loss(net: StackedDenoiser, smooth: Tensor, noisy: Tensor) -> Tensor:
     """Stage-3 loss: ``net`` predicts the image from downsamples of ``smooth``, against ``noisy``.
 
     Pairs cross diagonals as in stage 1. Pairing each estimate with the noisy
-    downsample on the *same* diagonal was measured too and rejected: it gains on
-    very smooth ``d2`` (CT head 128x128, sigma 25: 37.6 vs 36.6 dB) but learns the
-    noise back wherever ``d2`` keeps some (MR abdomen: 26.5 vs 28.0 dB, below stage 1).
+    downsample on the *same* diagonal was tried and rejected: it gains where ``d2``
+    is very smooth but learns the noise back wherever ``d2`` keeps some (figures in
+    docs/benchmarks.md).
     """
     s1, s2 = diagonal_downsamples(smooth)
     y1, y2 = diagonal_downsamples(noisy)
@@ -152,8 +152,8 @@ def new_networks(seeds: list[int], settings: N2DSettings, device: torch.device) 
 
     Seeding each copy on its own makes a slice's result independent of which
     batch it was trained in. The global RNG state is left untouched. Weights are
-    channels-last, so the convolutions run channels-last (oneDNN on CPU measured
-    1.4-1.7x faster for these 48-channel layers than the default layout).
+    channels-last, so the convolutions run channels-last, the layout oneDNN runs
+    fastest on CPU for these 48-channel layers.
     """
     singles = []
     for seed in seeds:
