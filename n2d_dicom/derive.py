@@ -40,6 +40,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -51,7 +52,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from n2d_dicom import __version__
-from n2d_dicom.n2d import Measured
+from n2d_dicom.atomic import atomic_path
+from n2d_dicom.measured import Measured, anscombe_applied, describe_measured, sampling_strides, wiener_sides
 from n2d_dicom.settings import N2DSettings
 
 TransferSyntaxName = Literal["explicit-little", "implicit-little"]
@@ -145,31 +147,6 @@ class Provenance(BaseModel):
     seconds: float
     measured: tuple[Measured, ...] = ()
     """What the engine measured and chose, one entry per stack (frame size) of the series."""
-
-
-def sampling_strides(measured: tuple[Measured, ...]) -> list[int]:
-    """The distinct sampling strides N2D used (1: white noise)."""
-    return sorted({m.stride for m in measured})
-
-
-def wiener_sides(measured: tuple[Measured, ...]) -> list[int]:
-    """The distinct window sides of the Wiener step (empty where it is off)."""
-    return sorted({m.wiener_side for m in measured if m.wiener_side is not None})
-
-
-def anscombe_applied(measured: tuple[Measured, ...]) -> bool:
-    """Whether the generalised Anscombe transform ran on any stack."""
-    return any(m.stabilised for m in measured)
-
-
-def describe_measured(measured: tuple[Measured, ...]) -> str:
-    """What the images decided, in words: the settings' ``auto`` choices as they came out."""
-    sides = wiener_sides(measured)
-    return (
-        f"sampling stride {'/'.join(map(str, sampling_strides(measured)))}, "
-        f"Anscombe {'applied' if anscombe_applied(measured) else 'not applied'}"
-        + (f", Wiener window {'/'.join(map(str, sides))}" if sides else "")
-    )
 
 
 def _code_item(code: Code) -> Dataset:
@@ -417,7 +394,7 @@ def _compression_ratio(source: Dataset) -> str | None:
 def values_already_checked() -> Iterator[None]:
     """Keep pydicom's value warnings quiet while source values are copied and written.
 
-    The reader (:mod:`n2d_dicom.dicom_io`) parsed every value of the source and
+    The reader (:mod:`n2d_dicom.dicom_read`) parsed every value of the source and
     reported the ones pydicom complained about (or, for UIDs, checked them with
     the project's own rule); copying or writing them warns again about the same
     values, which would only repeat, on the user's terminal, what was reported. pydicom's
@@ -466,3 +443,17 @@ def _file_meta(derived: Dataset, settings: DerivationSettings) -> FileMetaDatase
     meta.MediaStorageSOPInstanceUID = derived.SOPInstanceUID
     meta.TransferSyntaxUID = settings.transfer_syntax_uid
     return meta
+
+
+def write_instances(datasets: list[Dataset], folder: Path) -> list[Path]:
+    """Write each dataset as ``<SOP Instance UID>.dcm`` in ``folder``, atomically.
+
+    Values copied from the source are not warned about again (:func:`values_already_checked`).
+    """
+    paths = []
+    for dataset in datasets:
+        path = folder / f"{dataset.SOPInstanceUID}.dcm"
+        with atomic_path(path) as tmp, values_already_checked():
+            dataset.save_as(tmp, enforce_file_format=True)
+        paths.append(path)
+    return paths

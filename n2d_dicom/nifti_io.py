@@ -11,14 +11,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 from nibabel.arrayproxy import ArrayProxy
 
 from n2d_dicom.atomic import atomic_path
-from n2d_dicom.denoise import denoise_stack
 from n2d_dicom.errors import N2DInputError
-from n2d_dicom.n2d import Progress, Report
-from n2d_dicom.settings import N2DSettings
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NiftiImage = nib.Nifti1Image | nib.Nifti2Image
@@ -67,26 +63,6 @@ def default_slice_axis(image: NiftiImage) -> int:
     return 2 if slice_dim is None else int(slice_dim)
 
 
-def denoise_volume_array(
-    stored: np.ndarray,
-    settings: N2DSettings,
-    device: torch.device,
-    axis: int,
-    progress: Progress | None = None,
-    report: Report | None = None,
-) -> np.ndarray:
-    """Denoise a 2-D, 3-D or 4-D (each 3-D volume on its own) array slice-wise."""
-    if stored.ndim == 4:
-        volumes = [
-            denoise_stack(stored[..., t], settings, device, axis=axis, progress=progress, report=report)
-            for t in range(stored.shape[3])
-        ]
-        return np.stack(volumes, axis=3)
-    if stored.ndim not in (2, 3):
-        raise N2DInputError(f"expected 2-D, 3-D or 4-D data, got {stored.ndim} dimensions")
-    return denoise_stack(stored, settings, device, axis=axis, progress=progress, report=report)
-
-
 def slice_count(shape: tuple[int, ...], axis: int) -> int:
     """How many 2-D slices a volume of ``shape`` gives along ``axis`` (for progress bars)."""
     if len(shape) == 2:
@@ -102,29 +78,3 @@ def write_like(source: NiftiImage, stored: np.ndarray, path: Path) -> None:
     output.header.set_slope_inter(proxy.slope, proxy.inter)
     with atomic_path(path, suffix=nifti_suffix(path)) as tmp:
         nib.save(output, tmp)
-
-
-def denoise_nifti(
-    source_path: Path,
-    output_path: Path,
-    settings: N2DSettings,
-    device: torch.device,
-    axis: int | None = None,
-    progress: Progress | None = None,
-    report: Report | None = None,
-) -> None:
-    """Read, denoise slice-wise along ``axis`` (default: the slice axis), write.
-
-    ``report`` hears what the engine measured and chose, once per 3-D volume.
-    """
-    nifti_suffix(output_path)
-    image = read_nifti(source_path)
-    stored = stored_values(image)
-    axis = default_slice_axis(image) if axis is None else axis
-    if stored.ndim > 2 and not 0 <= axis < 3:
-        raise N2DInputError(f"{source_path}: slice axis must be 0, 1 or 2, got {axis}")
-    try:
-        denoised = denoise_volume_array(stored, settings, device, axis, progress, report)
-    except N2DInputError as exc:
-        raise N2DInputError(f"{source_path}: {exc}") from exc
-    write_like(image, denoised, output_path)

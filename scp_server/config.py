@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydicom.dataset import Dataset
 
 from n2d_dicom.derive import DerivationSettings
+from n2d_dicom.errors import validation_problems
 from n2d_dicom.settings import N2DSettings
 from scp_server.sender import Destination
 
@@ -246,8 +247,7 @@ def load_settings(path: Path | None = None) -> NodeSettings:
     try:
         return NodeSettings(**values)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path or 'environment'}: {problems}") from exc
+        raise ConfigError(f"{path or 'environment'}: {validation_problems(exc)}") from exc
 
 
 def route_for(settings: NodeSettings, header: Dataset, calling_aet: str) -> Route | None:

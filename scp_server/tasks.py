@@ -26,9 +26,10 @@ from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
 from pydantic import BaseModel, ConfigDict, Field
 
-from n2d_dicom.derive import DerivationSettings, describe_measured
-from n2d_dicom.dicom_denoise import denoise_series, write_instances
-from n2d_dicom.dicom_io import read_dicom_files
+from n2d_dicom.derive import DerivationSettings, write_instances
+from n2d_dicom.dicom_read import read_dicom_files
+from n2d_dicom.measured import describe_measured
+from n2d_dicom.pipeline import denoise_series
 from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings, Route, route_for
 from scp_server.delivery import deliver

@@ -13,8 +13,8 @@ import torch
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
-from n2d_dicom.phantom import add_noise, ellipsoid_phantom
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from n2d_dicom.derive import DerivationSettings
-from n2d_dicom.dicom_denoise import denoise_series, write_instances
-from n2d_dicom.dicom_io import read_dicom_files
+from n2d_dicom.derive import DerivationSettings, write_instances
+from n2d_dicom.dicom_read import read_dicom_files
+from n2d_dicom.pipeline import denoise_series
 from n2d_dicom.settings import N2DSettings
 from scp_server.sender import Destination, send_files
 from tests.integration.orthanc_scenario import ORTHANC_DICOM, ORTHANC_HTTP, rest, wait

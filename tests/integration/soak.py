@@ -60,7 +60,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from scp_server.load import start_pacs, synthetic_series
+from scp_server.tools.load import start_pacs, synthetic_series
 from tests.conftest import free_port
 
 N2D = Path(sys.executable).with_name("n2d")

@@ -18,10 +18,11 @@ from n2d_dicom.derive import (
     Provenance,
     derivation_description,
     derive_instance,
+    write_instances,
 )
-from n2d_dicom.dicom_denoise import denoise_series, write_instances
-from n2d_dicom.dicom_io import read_dicom_files, read_dicom_folder
-from n2d_dicom.n2d import Measured
+from n2d_dicom.dicom_read import read_dicom_files, read_dicom_folder
+from n2d_dicom.measured import Measured
+from n2d_dicom.pipeline import denoise_series
 from n2d_dicom.settings import N2DSettings
 from tests.n2d_dicom.conftest import data_file, write_ct_series
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from n2d_dicom.errors import N2DInputError
-from n2d_dicom.nifti_io import default_slice_axis, denoise_nifti, read_nifti, slice_count
+from n2d_dicom.nifti_io import default_slice_axis, read_nifti, slice_count
+from n2d_dicom.pipeline import denoise_nifti
 from n2d_dicom.settings import N2DSettings
 
 QUICK = N2DSettings(iterations=5, channels=8)

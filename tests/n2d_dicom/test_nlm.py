@@ -5,11 +5,11 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from n2d_dicom.bench import real_crop
-from n2d_dicom.n2d import denoise_slices
+from n2d_dicom.engine import denoise_slices
 from n2d_dicom.nlm import blend_nlm, nlm_estimate
-from n2d_dicom.phantom import add_noise
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.bench import real_crop
+from n2d_dicom.tools.phantom import add_noise
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,12 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from n2d_dicom.bench import real_crop
-from n2d_dicom.n2d import Measured, denoise_slices, sampling_stride
+from n2d_dicom.engine import denoise_slices, sampling_stride
+from n2d_dicom.measured import Measured
 from n2d_dicom.noise import decorrelating_stride, keep_structure, lag_correlations, noise_sigma
-from n2d_dicom.phantom import add_noise, ellipsoid_phantom
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.bench import real_crop
+from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from n2d_dicom.bench import real_crop
-from n2d_dicom.n2d import Measured, denoise_slices
-from n2d_dicom.phantom import POISSON_PEAK, SIGMA, add_noise
+from n2d_dicom.engine import denoise_slices
+from n2d_dicom.measured import Measured
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.bench import real_crop
+from n2d_dicom.tools.phantom import POISSON_PEAK, SIGMA, add_noise
 from n2d_dicom.variance import GeneralisedAnscombe, NoiseLevel, noise_level, stabiliser_for
 
 POISSON_GAIN = 1 / POISSON_PEAK

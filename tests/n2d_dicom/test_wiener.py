@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio
 
-from n2d_dicom.bench import real_crop
-from n2d_dicom.n2d import denoise_slices
+from n2d_dicom.engine import denoise_slices
 from n2d_dicom.noise import noise_sigma
-from n2d_dicom.phantom import add_noise, binomial_filtered_noise
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.bench import real_crop
+from n2d_dicom.tools.phantom import add_noise, binomial_filtered_noise
 from n2d_dicom.wiener import (
     SIDES,
     constant,
@@ -123,7 +123,7 @@ def test_the_engine_runs_without_pywavelets():
     script = (
         "import sys; sys.modules['pywt'] = None\n"
         "import torch\n"
-        "from n2d_dicom.n2d import denoise_slices\n"
+        "from n2d_dicom.engine import denoise_slices\n"
         "from n2d_dicom.settings import N2DSettings\n"
         "settings = N2DSettings(iterations=2, channels=4)\n"
         "out = denoise_slices(torch.rand(1, 24, 24), settings, torch.device('cpu'))\n"

@@ -3,10 +3,17 @@ from dataclasses import replace
 import pytest
 import torch
 
-from n2d_dicom.bench import BenchPlan, build_cases, methods_for, paper_settings, run_benchmark, select_methods
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.bench import (
+    BenchPlan,
+    build_cases,
+    methods_for,
+    paper_settings,
+    run_benchmark,
+    select_methods,
+)
 
-TINY = BenchPlan(crop=96, iterations=3, phantom_slices=2, phantom_side=32)
+TINY = BenchPlan(crop=96, settings=N2DSettings(iterations=3), phantom_slices=2, phantom_side=32)
 
 
 def test_benchmark_prints_one_table_row_per_method_and_case():
@@ -65,19 +72,19 @@ def test_the_quick_plan_runs_the_rows_users_compare_and_leaves_the_ablations_out
 def test_plans_use_crops_that_n2d_accepts(name):
     plan = BenchPlan.named(name)
     assert plan.crop % 4 == 0 and plan.phantom_side % 4 == 0
-    assert plan.with_iterations(7).iterations == 7
+    assert plan.with_iterations(7).settings.iterations == 7
 
 
 def test_a_flat_crop_is_refused_with_a_clear_message():
-    from n2d_dicom.bench import real_crop
     from n2d_dicom.errors import N2DInputError
+    from n2d_dicom.tools.bench import real_crop
 
     with pytest.raises(N2DInputError, match="693_UNCI.dcm is flat"):
         real_crop("693_UNCI.dcm", 32)
 
 
 def test_the_paper_rows_switch_off_every_addition_the_node_makes_by_default():
-    paper, node = paper_settings(800), N2DSettings()
+    paper, node = paper_settings(N2DSettings(iterations=800)), N2DSettings()
     assert (paper.noise, paper.nlm_blend, paper.wiener, paper.anscombe) == ("white", 0, False, "off")
     assert (node.noise, node.wiener, node.anscombe) == ("auto", True, "auto") and node.nlm_blend > 0
     assert paper.model_copy(update={"iterations": node.iterations}).pipeline == node.pipeline == "n2d"

@@ -97,3 +97,10 @@ def binomial_filtered_noise(rng: np.random.Generator, shape: tuple[int, ...]) ->
     rows = np.add.reduce([w * np.roll(white, k, axis=-2) for k, w in taps.items()])
     field = np.add.reduce([w * np.roll(rows, k, axis=-1) for k, w in taps.items()])
     return field / BINOMIAL_NORM
+
+
+def psnr(clean: np.ndarray, estimate: np.ndarray, data_range: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB, on ``data_range`` (default: the clean image's range)."""
+    peak = float(clean.max() - clean.min()) if data_range is None else data_range
+    mse = float(np.mean((clean.astype(np.float64) - estimate.astype(np.float64)) ** 2))
+    return float(10 * np.log10(peak**2 / mse))

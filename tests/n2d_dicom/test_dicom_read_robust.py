@@ -21,9 +21,9 @@ from pydicom.datadict import dictionary_description, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
-from n2d_dicom.derive import DerivationSettings
-from n2d_dicom.dicom_denoise import denoise_series, write_instances
-from n2d_dicom.dicom_io import _pydicom_warnings, read_dicom_files, read_dicom_folder
+from n2d_dicom.derive import DerivationSettings, write_instances
+from n2d_dicom.dicom_read import _pydicom_warnings, read_dicom_files, read_dicom_folder
+from n2d_dicom.pipeline import denoise_series
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.sop_classes import DENOISABLE_SOP_CLASSES, is_denoisable
 from n2d_dicom.uids import uid_problem

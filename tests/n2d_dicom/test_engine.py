@@ -3,8 +3,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from n2d_dicom.model import StackedDenoiser
-from n2d_dicom.n2d import (
+from n2d_dicom.engine import (
     EarlyStop,
     _held_out_split,
     _shuffle_from_batch,
@@ -17,8 +16,9 @@ from n2d_dicom.n2d import (
     stage1_loss,
     stage3_loss,
 )
-from n2d_dicom.phantom import add_noise, ellipsoid_phantom
+from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom
 
 
 class Scale(torch.nn.Module):

@@ -20,7 +20,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from n2d_dicom.bench import peak_memory
-from n2d_dicom.n2d import HELD_OUT_EVERY, REFINE_FACTORS, denoise_slices
+from n2d_dicom.engine import HELD_OUT_EVERY, REFINE_FACTORS, denoise_slices
 from n2d_dicom.nlm import nlm_estimate
-from n2d_dicom.phantom import add_noise, ellipsoid_phantom
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.bench import peak_memory
+from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom, psnr
 from n2d_dicom.wiener import RISK_SLICES, wiener_refine
 
 T = TypeVar("T")
@@ -55,19 +55,30 @@ GPU_PEAKS = {
 class PerfPlan:
     """Sizes: a few slices for the per-slice comparison, and a CT-sized per-series volume."""
 
+    settings: N2DSettings
+    """What every row runs (the per-slice part at ``part_iterations`` where that is set)."""
     slices: int
     side: int
-    iterations: int
     volume_slices: int
     volume_side: int
     repeats: int
+    part_iterations: int | None = None
+    """Steps of the per-slice comparison where it is cut down; None: ``settings.iterations``."""
 
     @classmethod
-    def for_device(cls, device: torch.device) -> PerfPlan:
+    def for_device(cls, device: torch.device, settings: N2DSettings) -> PerfPlan:
         """Paper settings on a GPU; on a CPU the per-slice part is cut down to stay within minutes."""
         if device.type == "cuda":
-            return cls(slices=64, side=256, iterations=2000, volume_slices=300, volume_side=512, repeats=3)
-        return cls(slices=4, side=96, iterations=150, volume_slices=100, volume_side=512, repeats=3)
+            return cls(settings, slices=64, side=256, volume_slices=300, volume_side=512, repeats=3)
+        return cls(
+            settings, slices=4, side=96, volume_slices=100, volume_side=512, repeats=3, part_iterations=150
+        )
+
+    def with_iterations(self, iterations: int) -> PerfPlan:
+        """Every row at ``iterations`` steps, the per-slice part included."""
+        return replace(
+            self, settings=self.settings.model_copy(update={"iterations": iterations}), part_iterations=None
+        )
 
 
 @dataclass(frozen=True)
@@ -127,11 +138,6 @@ def device_peak(device: torch.device, precision: str) -> tuple[float | None, str
     return peak, f"{threads} CPU threads x {max(mhz):.0f} MHz x {per_cycle} fp32 FLOP/cycle (cpuinfo)"
 
 
-def psnr(clean: np.ndarray, estimate: np.ndarray) -> float:
-    mse = float(np.mean((clean - estimate) ** 2))
-    return 10 * np.log10(float(clean.max() - clean.min()) ** 2 / mse)
-
-
 def timed(run: Callable[[], T], device: torch.device) -> tuple[T, float]:
     """What ``run`` returns, and the seconds it took, the GPU's queued work included."""
     started = time.perf_counter()
@@ -175,13 +181,12 @@ def measure(
     )
 
 
-def perf_rows(
-    plan: PerfPlan, device: torch.device, settings: N2DSettings, echo: Callable[[str], None]
-) -> list[PerfRow]:
+def perf_rows(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) -> list[PerfRow]:
     """The per-slice comparison against the reference, then the CT-sized per-series volume."""
     clean = ellipsoid_phantom(plan.slices, plan.side)
     noisy = torch.from_numpy(add_noise(clean, "gaussian", seed=0).astype(np.float32))
-    base = settings.model_copy(update={"iterations": plan.iterations})
+    settings = plan.settings
+    base = settings.model_copy(update={"iterations": plan.part_iterations or settings.iterations})
     reference = base.model_copy(update={"mode": "per-slice", "slice_batch": 1, "precision": "fp32"})
     variants = {
         "reference: one slice at a time, fp32": reference,
@@ -191,7 +196,7 @@ def perf_rows(
         f"per-series, {base.precision}": base.model_copy(update={"mode": "per-series"}),
     }
     rows: list[PerfRow] = []
-    part = f"{plan.slices} x {plan.side}^2, {plan.iterations} it"
+    part = f"{plan.slices} x {plan.side}^2, {base.iterations} it"
     for name, variant in variants.items():
         row = measure(part, name, clean, noisy, variant, plan.repeats, device)
         echo(format_perf_row(row, rows[0] if rows else row, device, variant.precision))
@@ -246,18 +251,16 @@ def format_perf_row(row: PerfRow, reference: PerfRow | None, device: torch.devic
     )
 
 
-def run_perf(
-    plan: PerfPlan, device: torch.device, settings: N2DSettings, echo: Callable[[str], None]
-) -> list[PerfRow]:
+def run_perf(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) -> list[PerfRow]:
     """Print the header and the rows as they complete."""
-    _, peak_source = device_peak(device, settings.precision)
+    _, peak_source = device_peak(device, plan.settings.precision)
     echo(
         f"n2d bench --perf: device {device} ({peak_source}); medians of {plan.repeats} runs; "
         "phantom, Gaussian sigma 25/255"
     )
     echo("| volume | method | seconds | slices/s | vs reference | PSNR dB | peak MB | GFLOP/s | of peak |")
     echo("|---|---|---|---|---|---|---|---|---|")
-    rows = perf_rows(plan, device, settings, echo)
+    rows = perf_rows(plan, device, echo)
     slices, side = min(RISK_SLICES, plan.volume_slices), plan.volume_side
     echo("")
     echo(f"| step outside the networks ({slices} slices) | seconds per {side}x{side} slice |")

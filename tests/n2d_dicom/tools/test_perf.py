@@ -5,8 +5,8 @@ import subprocess
 import pytest
 import torch
 
-from n2d_dicom.perf import PerfPlan, device_peak, may_stop_early, n2d_flops, network_flops, run_perf
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.perf import PerfPlan, device_peak, may_stop_early, n2d_flops, network_flops, run_perf
 from tests.n2d_dicom.test_cli import N2D
 
 
@@ -30,8 +30,10 @@ def test_cpu_peak_comes_from_cpuinfo():
 
 def test_perf_prints_every_row_with_the_reference_as_one(cpu):
     lines: list[str] = []
-    plan = PerfPlan(slices=2, side=16, iterations=3, volume_slices=2, volume_side=32, repeats=1)
-    rows = run_perf(plan, cpu, N2DSettings(iterations=3, channels=4), lines.append)
+    plan = PerfPlan(
+        N2DSettings(iterations=3, channels=4), slices=2, side=16, volume_slices=2, volume_side=32, repeats=1
+    )
+    rows = run_perf(plan, cpu, lines.append)
     assert [row.method for row in rows] == [
         "reference: one slice at a time, fp32",
         "per-slice, 2 slices batched, fp32",

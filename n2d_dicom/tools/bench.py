@@ -27,11 +27,19 @@ from unittest import mock
 import numpy as np
 import torch
 
+from n2d_dicom.engine import denoise_slices
 from n2d_dicom.errors import N2DInputError
-from n2d_dicom.n2d import denoise_slices
 from n2d_dicom.nlm import nlm_estimate
-from n2d_dicom.phantom import NOISES, POISSON_PEAK, SIGMA, add_noise, ellipsoid_phantom, noise_spectrum
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.phantom import (
+    NOISES,
+    POISSON_PEAK,
+    SIGMA,
+    add_noise,
+    ellipsoid_phantom,
+    noise_spectrum,
+    psnr,
+)
 
 #: Real slices from pydicom-data: (case name, file name).
 REAL_IMAGES = (("CT head", "693_UNCI.dcm"), ("MR abdomen", "MR-SIEMENS-DICOM-WithOverlays.dcm"))
@@ -43,10 +51,11 @@ PlanName = Literal["quick", "standard", "full"]
 
 @dataclass(frozen=True)
 class BenchPlan:
-    """What to run: crop size, N2D iterations, phantom size, and which rows."""
+    """What to run: crop size, N2D settings, phantom size, and which rows."""
 
     crop: int
-    iterations: int
+    settings: N2DSettings
+    """The "defaults" row's settings; every N2D row takes its iteration count."""
     phantom_slices: int
     phantom_side: int
     only: tuple[tuple[str, str], ...] = ()
@@ -58,12 +67,12 @@ class BenchPlan:
     @classmethod
     def full(cls) -> BenchPlan:
         """The paper's settings on 256x256 crops and a 16-slice 64x64 phantom."""
-        return cls(crop=256, iterations=2000, phantom_slices=16, phantom_side=64)
+        return cls(crop=256, settings=N2DSettings(), phantom_slices=16, phantom_side=64)
 
     @classmethod
     def standard(cls) -> BenchPlan:
         """Every row on 96x96 crops at 800 iterations, sized for a CPU (times: docs/benchmarks.md)."""
-        return cls(crop=96, iterations=800, phantom_slices=4, phantom_side=64)
+        return cls(crop=96, settings=N2DSettings(iterations=800), phantom_slices=4, phantom_side=64)
 
     @classmethod
     def quick(cls) -> BenchPlan:
@@ -73,7 +82,7 @@ class BenchPlan:
         shows per-series mode."""
         return cls(
             crop=96,
-            iterations=800,
+            settings=N2DSettings(iterations=800),
             phantom_slices=2,
             phantom_side=64,
             ablations=False,
@@ -91,7 +100,7 @@ class BenchPlan:
 
     def with_iterations(self, iterations: int) -> BenchPlan:
         """The same plan with another N2D iteration count."""
-        return replace(self, iterations=iterations)
+        return replace(self, settings=self.settings.model_copy(update={"iterations": iterations}))
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,7 @@ def bm3d_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
 
 
 def bm3d_known_noise(spectrum: np.ndarray) -> Denoiser:
-    """BM3D told the noise's true ``spectrum`` (:func:`~n2d_dicom.phantom.noise_spectrum`).
+    """BM3D told the noise's true ``spectrum`` (:func:`~n2d_dicom.tools.phantom.noise_spectrum`).
 
     No user has that: it is the bound of what a classical denoiser with a perfect noise model
     reaches, against which N2D, which measures the noise on the image, is read.
@@ -209,10 +218,10 @@ def nlm_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
     return nlm_estimate(torch.from_numpy(noisy)).numpy()
 
 
-def paper_settings(iterations: int) -> N2DSettings:
+def paper_settings(settings: N2DSettings) -> N2DSettings:
     """The paper's pipeline: white noise assumed, no non-local means, no Wiener step, no Anscombe
     transform (each on by default in the node, so each switched off here)."""
-    return N2DSettings(iterations=iterations, noise="white", nlm_blend=0, wiener=False, anscombe="off")
+    return settings.model_copy(update={"noise": "white", "nlm_blend": 0, "wiener": False, "anscombe": "off"})
 
 
 def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
@@ -225,7 +234,7 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     the node's defaults (noise auto, non-local means in stage 2's smooth intermediate, and the
     Wiener step).
     """
-    paper = paper_settings(plan.iterations)
+    paper = paper_settings(plan.settings)
     chosen: dict[str, Denoiser] = {"BM3D (sigma estimated)": bm3d_method}
     spectrum = noise_spectrum(case.noise, case.clean.shape[1:])
     if spectrum is not None and plan.ablations:
@@ -238,7 +247,7 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     if plan.ablations:
         chosen["N2D per-slice, noise auto"] = n2d_method(paper.model_copy(update={"noise": "auto"}))
         chosen["N2D per-slice, Anscombe"] = n2d_method(paper.model_copy(update={"anscombe": "on"}))
-    chosen["N2D per-slice, defaults"] = n2d_method(N2DSettings(iterations=plan.iterations))
+    chosen["N2D per-slice, defaults"] = n2d_method(plan.settings)
     if case.clean.shape[0] > 1:
         chosen["N2D per-series"] = n2d_method(paper.model_copy(update={"mode": "per-series"}))
     return chosen
@@ -258,12 +267,12 @@ def select_methods(methods: dict[str, Denoiser], wanted: list[str]) -> dict[str,
 
 def quality(clean: np.ndarray, estimate: np.ndarray) -> tuple[float, float]:
     """PSNR over the whole volume and mean per-slice SSIM, on the clean image's data range."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from skimage.metrics import structural_similarity
 
     data_range = float(clean.max() - clean.min())
-    psnr = peak_signal_noise_ratio(clean, estimate, data_range=data_range)
+    psnr_db = psnr(clean, estimate, data_range)
     ssim = np.mean([structural_similarity(c, e, data_range=data_range) for c, e in zip(clean, estimate)])
-    return float(psnr), float(ssim)
+    return psnr_db, float(ssim)
 
 
 def _resident_bytes() -> int:
@@ -335,7 +344,7 @@ def run_benchmark(
     """Run the plan and print a Markdown table as rows complete; returns the rows."""
     _require_bench_extras()
     echo(
-        f"n2d bench: crops {plan.crop}x{plan.crop}, N2D {plan.iterations} iterations, "
+        f"n2d bench: crops {plan.crop}x{plan.crop}, N2D {plan.settings.iterations} iterations, "
         f"device {device}, {torch.get_num_threads()} CPU threads; noise sigma {SIGMA * 255:.0f}/255, "
         f"Poisson peak {POISSON_PEAK:g}"
     )

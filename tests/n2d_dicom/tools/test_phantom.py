@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from n2d_dicom.phantom import SIGMA, add_noise, binomial_filtered_noise, ellipsoid_phantom, noise_spectrum
+from n2d_dicom.tools.phantom import (
+    SIGMA,
+    add_noise,
+    binomial_filtered_noise,
+    ellipsoid_phantom,
+    noise_spectrum,
+)
 
 
 def test_phantom_spans_the_unit_range_and_neighbouring_slices_share_structure():

@@ -8,21 +8,16 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from n2d_dicom.n2d import Progress
-from n2d_dicom.nifti_io import denoise_nifti, read_nifti
-from n2d_dicom.phantom import add_noise, ellipsoid_phantom
+from n2d_dicom.engine import Progress
+from n2d_dicom.nifti_io import read_nifti
+from n2d_dicom.pipeline import denoise_nifti
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom, psnr
 
 #: The phantom is written as CT numbers: air -1000 HU up to bone-like +1000 HU.
 HU_RANGE = (-1000.0, 1000.0)
 #: Size of the demo volume: a few minutes of per-slice work on 2 cores, seconds per-series.
 DEMO_SLICES, DEMO_SIDE = 8, 128
-
-
-def psnr(clean: np.ndarray, estimate: np.ndarray, data_range: float) -> float:
-    """Peak signal-to-noise ratio in dB."""
-    mse = float(np.mean((clean.astype(np.float64) - estimate.astype(np.float64)) ** 2))
-    return 10 * np.log10(data_range**2 / mse)
 
 
 def write_demo_volume(directory: Path, slices: int, side: int) -> tuple[Path, np.ndarray]:

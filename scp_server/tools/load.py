@@ -29,7 +29,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from n2d_dicom.phantom import add_noise, ellipsoid_phantom
+from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom
 from scp_server.operations import RunLatencies, Spread, spread
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from n2d_dicom.devices import fit_slice_batch, free_memory
+from n2d_dicom.measured import Measured, Report
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.nlm import blend_nlm
 from n2d_dicom.noise import decorrelating_stride, keep_structure
@@ -52,25 +53,6 @@ HELD_OUT_EVERY = 8
 
 Progress = Callable[[int], None]
 LossFn = Callable[[StackedDenoiser, Tensor, Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What the engine measured on one stack of slices and chose from it.
-
-    The settings say what was asked (``noise auto``, ``anscombe auto``, ``wiener``); this says what
-    was done, which depends on the image: derived series record it as provenance.
-    """
-
-    stride: int
-    """Pixel spacing N2D sampled the slices at: 1 for white noise, more for correlated noise."""
-    stabilised: bool
-    """Whether the generalised Anscombe transform ran (noise measured as signal-dependent)."""
-    wiener_side: int | None
-    """Window side of the Wiener step; None where the step is off."""
-
-
-Report = Callable[[Measured], None]
 
 
 def diagonal_downsamples(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
-from n2d_dicom.dicom_io import read_dicom_files, read_dicom_folder
+from n2d_dicom.dicom_read import read_dicom_files, read_dicom_folder
 from tests.n2d_dicom.conftest import data_file, write_ct_series
 
 
