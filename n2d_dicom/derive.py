@@ -231,7 +231,10 @@ def derive_instance(
     derived.SeriesInstanceUID = series_uid
     derived.SeriesNumber = int(source.get("SeriesNumber") or 0) + settings.series_number_offset
     description = str(source.get("SeriesDescription") or "")
-    suffix = settings.series_description_suffix
+    # The suffix's separator only separates: a source without a description gets the suffix alone.
+    suffix = (
+        settings.series_description_suffix if description else settings.series_description_suffix.lstrip()
+    )
     derived.SeriesDescription = description[: 64 - len(suffix)] + suffix
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
     derived.ContentDate, derived.ContentTime = date, time
