@@ -25,7 +25,6 @@ import errno
 import hashlib
 import logging
 import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from pydicom.errors import InvalidDicomError
 
 from n2d_dicom.atomic import TEMPORARY_SUFFIX, atomic_path
 from n2d_dicom.uids import printable, uid_problem
-from scp_server.sqlite import Journal, add_missing_columns, open_database
+from scp_server.sqlite import Database, Journal
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +104,13 @@ class Spool:
         self.quarantine_dir = root / "quarantine"
         for folder in (self.instances_dir, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = open_database(root / "index.sqlite3", SCHEMA, journal)
-        add_missing_columns(self._db, "instances", {"pixel_hash": "TEXT NOT NULL DEFAULT ''"})
+        self._db = Database(
+            root / "index.sqlite3", SCHEMA, journal, {"instances": {"pixel_hash": "TEXT NOT NULL DEFAULT ''"}}
+        )
 
     def close(self) -> None:
         """Close the index (the files need no closing)."""
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def store(self, encoded: bytes, instance: StoredInstance, calling_aet: str) -> Outcome:
         """Keep ``encoded`` (a complete DICOM file) durably; says whether it was new, a duplicate or changed.
@@ -153,39 +151,36 @@ class Spool:
 
     def _known(self, sop_instance_uid: str) -> tuple[str, str] | None:
         """``(series UID, pixel hash)`` of a stored instance, or ``None``."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT series_instance_uid, pixel_hash FROM instances WHERE sop_instance_uid = ?",
-                (sop_instance_uid,),
-            ).fetchone()
+        row = self._db.query_one(
+            "SELECT series_instance_uid, pixel_hash FROM instances WHERE sop_instance_uid = ?",
+            (sop_instance_uid,),
+        )
         return None if row is None else (str(row[0]), str(row[1]))
 
     def _index(self, instance: StoredInstance, path: Path, calling_aet: str, received_at: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    instance.sop_instance_uid,
-                    instance.series_instance_uid,
-                    instance.study_instance_uid,
-                    instance.sop_class_uid,
-                    str(path.relative_to(self.root)),
-                    calling_aet,
-                    received_at,
-                    instance.pixel_hash,
-                ),
-            )
+        self._db.execute(
+            "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                instance.sop_instance_uid,
+                instance.series_instance_uid,
+                instance.study_instance_uid,
+                instance.sop_class_uid,
+                str(path.relative_to(self.root)),
+                calling_aet,
+                received_at,
+                instance.pixel_hash,
+            ),
+        )
 
     def quarantine(self, encoded: bytes, reason: str, calling_aet: str) -> Path:
         """Keep a rejected instance and why, for a person to look at; returns where it went."""
         path = self.quarantine_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.dcm"
         with atomic_path(path) as tmp:
             tmp.write_bytes(encoded)
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO quarantine (path, reason, calling_aet, received_at) VALUES (?, ?, ?, ?)",
-                (str(path.relative_to(self.root)), reason, calling_aet, time.time()),
-            )
+        self._db.execute(
+            "INSERT INTO quarantine (path, reason, calling_aet, received_at) VALUES (?, ?, ?, ?)",
+            (str(path.relative_to(self.root)), reason, calling_aet, time.time()),
+        )
         return path
 
     def contains(self, sop_instance_uid: str) -> bool:
@@ -197,56 +192,48 @@ class Spool:
 
     def series_instances(self, series_instance_uid: str) -> list[tuple[str, Path]]:
         """``(SOP Instance UID, file)`` of each stored instance of one series, in order of arrival."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT sop_instance_uid, path FROM instances WHERE series_instance_uid = ? "
-                "ORDER BY received_at",
-                (series_instance_uid,),
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT sop_instance_uid, path FROM instances WHERE series_instance_uid = ? ORDER BY received_at",
+            (series_instance_uid,),
+        )
         return [(str(uid), self.root / path) for uid, path in rows]
 
     def calling_aet(self, series_instance_uid: str) -> str:
         """The AE title that sent the first instance of a series ("" if unknown)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT calling_aet FROM instances WHERE series_instance_uid = ? "
-                "ORDER BY received_at LIMIT 1",
-                (series_instance_uid,),
-            ).fetchone()
+        row = self._db.query_one(
+            "SELECT calling_aet FROM instances WHERE series_instance_uid = ? ORDER BY received_at LIMIT 1",
+            (series_instance_uid,),
+        )
         return "" if row is None else str(row[0])
 
     def quarantined(self) -> list[tuple[Path, str]]:
         """Quarantined files and the reason each was refused."""
-        with self._lock:
-            rows = self._db.execute("SELECT path, reason FROM quarantine ORDER BY id").fetchall()
+        rows = self._db.query("SELECT path, reason FROM quarantine ORDER BY id")
         return [(self.root / path, reason) for path, reason in rows]
 
     def quarantine_count(self) -> int:
         """How many instances are quarantined (what ``/metrics`` and ``n2d status`` report)."""
-        with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()
-        return int(count)
+        return self._db.count("quarantine")
 
     def remove_series(self, series_instance_uid: str) -> int:
         """Delete a series' files and index rows (retention); returns how many instances went."""
         files = self.series_files(series_instance_uid)
         for path in files:
             path.unlink(missing_ok=True)
-        with self._lock:
-            self._db.execute("DELETE FROM instances WHERE series_instance_uid = ?", (series_instance_uid,))
+        self._db.execute("DELETE FROM instances WHERE series_instance_uid = ?", (series_instance_uid,))
         for folder in {path.parent for path in files}:
             remove_empty_folder(folder)
         return len(files)
 
     def purge_quarantine(self, received_before: float) -> int:
         """Delete quarantined files received before ``received_before`` (epoch s); returns how many."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._db.locked() as db:
+            rows = db.execute(
                 "SELECT id, path FROM quarantine WHERE received_at < ?", (received_before,)
             ).fetchall()
             for row_id, path in rows:
                 (self.root / path).unlink(missing_ok=True)
-                self._db.execute("DELETE FROM quarantine WHERE id = ?", (row_id,))
+                db.execute("DELETE FROM quarantine WHERE id = ?", (row_id,))
         return len(rows)
 
     def recover(self) -> int:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Journal = Literal["wal", "delete"]
+#: Values bound to an SQL statement's ``?`` placeholders.
+Params = Sequence[Any]
 
 #: Seconds a writer waits for another process's write lock (workers share the spool's databases).
 BUSY_TIMEOUT_S = 30.0
@@ -34,3 +39,91 @@ def add_missing_columns(connection: sqlite3.Connection, table: str, columns: dic
     for name, declaration in columns.items():
         if name not in present:
             connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+
+class Database:
+    """One SQLite file of a store: the connection, the lock that serialises its threads, and the schema.
+
+    The spool index, the series tracker and the outbox each own one. Every
+    statement runs in autocommit (see :func:`open_database`) while holding the
+    lock, because pynetdicom's association threads and the worker share the
+    connection; :meth:`locked` holds the lock over several statements that must
+    not interleave with another thread's (a read and the updates it decides).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        schema: str,
+        journal: Journal = "wal",
+        added_columns: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        """Open ``path`` with ``schema``; ``added_columns`` maps a table to columns newer versions added."""
+        self._lock = threading.Lock()
+        self._connection = open_database(path, schema, journal)
+        for table, columns in (added_columns or {}).items():
+            add_missing_columns(self._connection, table, columns)
+
+    def close(self) -> None:
+        """Close the connection (waiting for a statement another thread is running)."""
+        with self._lock:
+            self._connection.close()
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement that returns no rows; returns how many rows it changed."""
+        with self._lock:
+            return self._connection.execute(sql, params).rowcount
+
+    def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
+        """Run one statement once for each of ``rows``."""
+        with self._lock:
+            self._connection.executemany(sql, rows)
+
+    def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """The rows a statement returns."""
+        with self._lock:
+            return [tuple(row) for row in self._connection.execute(sql, params).fetchall()]
+
+    def query_one(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        """The first row a statement returns, or ``None``."""
+        with self._lock:
+            row = self._connection.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def count(self, table: str, where: str = "1", params: Params = ()) -> int:
+        """How many rows of ``table`` match ``where`` (both written by the store, never by a user)."""
+        row = self.query_one(f"SELECT COUNT(*) FROM {table} WHERE {where}", params)
+        return 0 if row is None else int(row[0])
+
+    def update_each(
+        self,
+        select: str,
+        params: Params,
+        update: str,
+        values_of: Callable[[tuple[Any, ...]], Params | None],
+    ) -> list[tuple[Any, ...]]:
+        """The rows ``select`` finds that ``update`` then changed, all under one hold of the lock.
+
+        ``values_of`` gives ``update``'s parameters for a row, or ``None`` to leave
+        the row be. ``update`` re-checks the state the row was selected in, so a row
+        another process changed in between is left out: what claims a row (a series
+        to queue, an instance to send) gets each row once, whoever else is claiming.
+        """
+        changed = []
+        with self._lock:
+            for found in self._connection.execute(select, params).fetchall():
+                row = tuple(found)
+                values = values_of(row)
+                if values is not None and self._connection.execute(update, values).rowcount == 1:
+                    changed.append(row)
+        return changed
+
+    @contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, with no other thread's statement in between until the block ends.
+
+        Statements still commit one by one: what must hold across processes is
+        written as conditional UPDATEs, as the stores' docstrings say.
+        """
+        with self._lock:
+            yield self._connection
