@@ -19,15 +19,15 @@ destination's other fields (TLS, say) applies to rows already waiting.
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scp_server.leases import owner_is_dead
 from scp_server.sender import Destination, SendResult, send_files
-from scp_server.sqlite import Journal, add_missing_columns, open_database
+from scp_server.sqlite import Database, Journal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -80,14 +80,11 @@ class Outbox:
     """What must go where, and what happened when it was tried."""
 
     def __init__(self, database: Path, journal: Journal = "wal") -> None:
-        self._lock = threading.Lock()
-        self._db = open_database(database, SCHEMA, journal)
-        add_missing_columns(self._db, "outbox", {"destination_json": "TEXT"})
+        self._db = Database(database, SCHEMA, journal, {"outbox": {"destination_json": "TEXT"}})
         self._db.execute(REKEY_OLD_ROWS)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def add(self, items: list[tuple[str, Path]], destination: Destination, series_instance_uid: str) -> None:
         """Queue ``(sop_instance_uid, path)`` items derived from a received series for ``destination``.
@@ -95,18 +92,15 @@ class Outbox:
         Items already known keep their state (a re-run never resends what was delivered).
         """
         now, key, stored = time.time(), destination_key(destination), destination.model_dump_json()
-        with self._lock:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO outbox (sop_instance_uid, destination, path, series_instance_uid, "
-                "updated_at, destination_json) VALUES (?, ?, ?, ?, ?, ?)",
-                [(uid, key, str(path), series_instance_uid, now, stored) for uid, path in items],
-            )
+        self._db.execute_many(
+            "INSERT OR IGNORE INTO outbox (sop_instance_uid, destination, path, series_instance_uid, "
+            "updated_at, destination_json) VALUES (?, ?, ?, ?, ?, ?)",
+            [(uid, key, str(path), series_instance_uid, now, stored) for uid, path in items],
+        )
 
     def pending_count(self) -> int:
         """Rows not yet delivered or refused."""
-        with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()
-        return int(count)
+        return self._db.count("outbox", "state = 'pending'")
 
     def claim(
         self,
@@ -121,24 +115,25 @@ class Outbox:
         stored ones); ``series_instance_uid`` limits the claim to one source series.
         """
         now, current = time.time(), current or {}
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT sop_instance_uid, destination, destination_json, path, owner, claimed_until "
-                "FROM outbox WHERE state = 'pending' AND (? IS NULL OR series_instance_uid = ?)",
-                (series_instance_uid, series_instance_uid),
-            ).fetchall()
-            by_destination: dict[Destination, list[Path]] = {}
-            for uid, key, stored, path, holder, until in rows:
-                if holder is not None and until >= now and not owner_is_dead(holder):
-                    continue
-                cursor = self._db.execute(
-                    "UPDATE outbox SET owner = ?, claimed_until = ? WHERE sop_instance_uid = ? "
-                    "AND destination = ? AND state = 'pending' AND owner IS ?",
-                    (owner, now + claim_s, uid, key, holder),
-                )
-                if cursor.rowcount == 1:
-                    destination = current.get(key) or Destination.model_validate_json(stored)
-                    by_destination.setdefault(destination, []).append(Path(path))
+
+        def claim_of(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            uid, key, _, _, holder, until = row
+            if holder is not None and until >= now and not owner_is_dead(holder):
+                return None  # another worker, alive, is sending it
+            return (owner, now + claim_s, uid, key, holder)
+
+        claimed = self._db.update_each(
+            "SELECT sop_instance_uid, destination, destination_json, path, owner, claimed_until "
+            "FROM outbox WHERE state = 'pending' AND (? IS NULL OR series_instance_uid = ?)",
+            (series_instance_uid, series_instance_uid),
+            "UPDATE outbox SET owner = ?, claimed_until = ? WHERE sop_instance_uid = ? "
+            "AND destination = ? AND state = 'pending' AND owner IS ?",
+            claim_of,
+        )
+        by_destination: dict[Destination, list[Path]] = {}
+        for _, key, stored, path, _, _ in claimed:
+            destination = current.get(key) or Destination.model_validate_json(stored)
+            by_destination.setdefault(destination, []).append(Path(path))
         return by_destination
 
     def record(self, results: list[SendResult], destination: Destination) -> None:
@@ -149,15 +144,15 @@ class Outbox:
         """
         now = time.time()
         key = destination_key(destination)
-        with self._lock:
-            for result in results:
-                state = "delivered" if result.delivered else "refused" if result.refused else "pending"
-                self._db.execute(
-                    "UPDATE outbox SET state = ?, status = ?, attempts = attempts + 1, last_error = ?, "
-                    "updated_at = ?, owner = NULL, claimed_until = NULL "
-                    "WHERE sop_instance_uid = ? AND destination = ?",
-                    (state, result.status, result.error, now, result.sop_instance_uid, key),
-                )
+        self._db.execute_many(
+            "UPDATE outbox SET state = ?, status = ?, attempts = attempts + 1, last_error = ?, "
+            "updated_at = ?, owner = NULL, claimed_until = NULL "
+            "WHERE sop_instance_uid = ? AND destination = ?",
+            [
+                (_state_of(result), result.status, result.error, now, result.sop_instance_uid, key)
+                for result in results
+            ],
+        )
 
     def record_one(self, destination: Destination, result: SendResult) -> None:
         """:meth:`record` for one answer, as it arrives."""
@@ -202,25 +197,19 @@ class Outbox:
         return results
 
     def _refuse_missing(self, missing: list[SendResult], destination: Destination) -> None:
-        with self._lock:
-            for result in missing:
-                self._db.execute(
-                    "UPDATE outbox SET state = 'refused', last_error = ?, owner = NULL, claimed_until = NULL "
-                    "WHERE path = ? AND destination = ?",
-                    (MISSING, str(result.path), destination_key(destination)),
-                )
+        self._db.execute_many(
+            "UPDATE outbox SET state = 'refused', last_error = ?, owner = NULL, claimed_until = NULL "
+            "WHERE path = ? AND destination = ?",
+            [(MISSING, str(result.path), destination_key(destination)) for result in missing],
+        )
 
     def _release(self, owner: str) -> None:
         """Drop ``owner``'s claims on rows it did not get an answer for (they stay pending)."""
-        with self._lock:
-            self._db.execute("UPDATE outbox SET owner = NULL, claimed_until = NULL WHERE owner = ?", (owner,))
+        self._db.execute("UPDATE outbox SET owner = NULL, claimed_until = NULL WHERE owner = ?", (owner,))
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Rows per destination AE title and state."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT destination, state, COUNT(*) FROM outbox GROUP BY destination, state"
-            ).fetchall()
+        rows = self._db.query("SELECT destination, state, COUNT(*) FROM outbox GROUP BY destination, state")
         counts: dict[str, dict[str, int]] = {}
         for destination, state, count in rows:
             counts.setdefault(str(destination), {})[str(state)] = int(count)
@@ -228,54 +217,48 @@ class Outbox:
 
     def rows(self, series_instance_uid: str | None = None) -> list[OutboxRow]:
         """Every row (of one source series), oldest first: what ``n2d status`` and the tests look at."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT sop_instance_uid, destination, series_instance_uid, state, attempts, last_error "
-                "FROM outbox WHERE ? IS NULL OR series_instance_uid = ? ORDER BY updated_at",
-                (series_instance_uid, series_instance_uid),
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT sop_instance_uid, destination, series_instance_uid, state, attempts, last_error "
+            "FROM outbox WHERE ? IS NULL OR series_instance_uid = ? ORDER BY updated_at",
+            (series_instance_uid, series_instance_uid),
+        )
         return [OutboxRow(*row) for row in rows]
 
     def delivered_at(self) -> dict[str, float]:
         """When each source series' last derived instance was delivered, for series delivered everywhere."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT series_instance_uid, MAX(updated_at) FROM outbox GROUP BY series_instance_uid "
-                "HAVING SUM(state != 'delivered') = 0"
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT series_instance_uid, MAX(updated_at) FROM outbox GROUP BY series_instance_uid "
+            "HAVING SUM(state != 'delivered') = 0"
+        )
         return {str(uid): float(when) for uid, when in rows}
 
     def errors(self, limit: int = 10) -> list[tuple[str, str, float, str]]:
         """``(sop_instance_uid, destination, when, error)`` of rows that failed, newest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT sop_instance_uid, destination, updated_at, "
-                "CASE WHEN status IS NULL THEN last_error "
-                "ELSE printf('status 0x%04X', status) || COALESCE(' (' || last_error || ')', '') END "
-                "FROM outbox "
-                "WHERE state != 'delivered' AND (last_error IS NOT NULL OR status IS NOT NULL) "
-                "ORDER BY updated_at DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT sop_instance_uid, destination, updated_at, "
+            "CASE WHEN status IS NULL THEN last_error "
+            "ELSE printf('status 0x%04X', status) || COALESCE(' (' || last_error || ')', '') END "
+            "FROM outbox "
+            "WHERE state != 'delivered' AND (last_error IS NOT NULL OR status IS NOT NULL) "
+            "ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        )
         return [(str(uid), str(dest), float(when), str(error)) for uid, dest, when, error in rows]
 
     def retry_refused(self, series_instance_uid: str | None = None) -> int:
         """Refused rows (all, or one source series') pending again, e.g. after the destination was fixed."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, updated_at = ? WHERE state = 'refused' "
-                "AND (? IS NULL OR series_instance_uid = ?)",
-                (time.time(), series_instance_uid, series_instance_uid),
-            )
-        return cursor.rowcount
+        return self._db.execute(
+            "UPDATE outbox SET state = 'pending', attempts = 0, updated_at = ? WHERE state = 'refused' "
+            "AND (? IS NULL OR series_instance_uid = ?)",
+            (time.time(), series_instance_uid, series_instance_uid),
+        )
 
     def settled(self, series_instance_uid: str) -> bool:
         """Whether every derived instance of a received series was delivered (or it has none)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM outbox WHERE series_instance_uid = ? AND state != 'delivered' LIMIT 1",
-                (series_instance_uid,),
-            ).fetchone()
+        row = self._db.query_one(
+            "SELECT 1 FROM outbox WHERE series_instance_uid = ? AND state != 'delivered' LIMIT 1",
+            (series_instance_uid,),
+        )
         return row is None
 
     def forget(
@@ -290,10 +273,15 @@ class Outbox:
             "AND (? IS NULL OR updated_at < ?)"
         )
         params = (series_instance_uid, series_instance_uid, state, state, updated_before, updated_before)
-        with self._lock:
-            rows = self._db.execute(f"SELECT DISTINCT path FROM outbox WHERE {where}", params).fetchall()
-            self._db.execute(f"DELETE FROM outbox WHERE {where}", params)
+        with self._db.locked() as db:
+            rows = db.execute(f"SELECT DISTINCT path FROM outbox WHERE {where}", params).fetchall()
+            db.execute(f"DELETE FROM outbox WHERE {where}", params)
         return [Path(path) for (path,) in rows]
+
+
+def _state_of(result: SendResult) -> str:
+    """The row state a send's outcome leaves: delivered, refused, or still pending."""
+    return "delivered" if result.delivered else "refused" if result.refused else "pending"
 
 
 def _uid_of(path: Path) -> str:

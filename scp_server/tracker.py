@@ -31,14 +31,14 @@ error, until ``n2d retry``), and ``purged`` once its files have gone.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scp_server.leases import owner_is_dead
-from scp_server.sqlite import Journal, add_missing_columns, open_database
+from scp_server.sqlite import Database, Journal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -98,13 +98,10 @@ class SeriesTracker:
         self.max_wait_s = max_wait_s
         self.aborted_grace_s = aborted_grace_s
         self._clock = clock
-        self._lock = threading.Lock()
-        self._db = open_database(database, SCHEMA, journal)
-        add_missing_columns(self._db, "series", ADDED_COLUMNS)
+        self._db = Database(database, SCHEMA, journal, {"series": ADDED_COLUMNS})
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def instance_received(self, series_instance_uid: str, association: str, starts_run: bool = True) -> None:
         """Note an instance stored for ``series_instance_uid`` over ``association``.
@@ -114,13 +111,13 @@ class SeriesTracker:
         that was already complete.
         """
         now = self._clock()
-        with self._lock:
-            row = self._db.execute(
+        with self._db.locked() as db:
+            row = db.execute(
                 "SELECT state, open_associations FROM series WHERE series_instance_uid = ?",
                 (series_instance_uid,),
             ).fetchone()
             if row is None:
-                self._db.execute(
+                db.execute(
                     "INSERT INTO series (series_instance_uid, state, first_received, last_received, "
                     "open_associations) VALUES (?, 'receiving', ?, ?, ?)",
                     (series_instance_uid, now, now, association),
@@ -129,13 +126,13 @@ class SeriesTracker:
             state, open_associations = row
             associations = set(filter(None, open_associations.split(","))) | {association}
             if state == "receiving":
-                self._db.execute(
+                db.execute(
                     "UPDATE series SET last_received = ?, open_associations = ? "
                     "WHERE series_instance_uid = ?",
                     (now, ",".join(sorted(associations)), series_instance_uid),
                 )
             elif starts_run:  # late or changed instance: a new run of the whole series
-                self._db.execute(
+                db.execute(
                     "UPDATE series SET run = run + 1, state = 'receiving', first_received = ?, "
                     "last_received = ?, open_associations = ?, queued_at = NULL, started_at = NULL, "
                     "finished_at = NULL, owner = NULL, lease_until = NULL, attempts = 0, error = NULL, "
@@ -152,14 +149,14 @@ class SeriesTracker:
         self._association_ended(association, aborted=True)
 
     def _association_ended(self, association: str, aborted: bool) -> None:
-        with self._lock:
-            rows = self._db.execute(
+        with self._db.locked() as db:
+            rows = db.execute(
                 "SELECT series_instance_uid, open_associations FROM series WHERE state = 'receiving'"
             ).fetchall()
             for uid, open_associations in rows:
                 associations = set(filter(None, open_associations.split(",")))
                 if association in associations:
-                    self._db.execute(
+                    db.execute(
                         "UPDATE series SET open_associations = ?, interrupted = ? "
                         "WHERE series_instance_uid = ?",
                         (",".join(sorted(associations - {association})), int(aborted), uid),
@@ -171,10 +168,9 @@ class SeriesTracker:
         Keys that name no process (written by an older version) count as dead:
         only the running process can hold an association. Returns how many were closed.
         """
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT open_associations FROM series WHERE state = 'receiving' AND open_associations != ''"
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT open_associations FROM series WHERE state = 'receiving' AND open_associations != ''"
+        )
         dead = {
             key
             for (open_associations,) in rows
@@ -188,83 +184,69 @@ class SeriesTracker:
     def claim_due(self) -> list[DueSeries]:
         """Series that are complete now, each moved to ``queued`` and returned exactly once."""
         now = self._clock()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT series_instance_uid, run FROM series WHERE state = 'receiving' AND ("
-                "(open_associations = '' AND last_received <= "
-                "CASE interrupted WHEN 0 THEN ? ELSE ? END) OR (first_received <= ? AND last_received <= ?))",
-                (
-                    now - self.quiet_period_s,
-                    now - self.aborted_grace_s,
-                    now - self.max_wait_s,
-                    now - self.quiet_period_s,
-                ),
-            ).fetchall()
-            return self._move(rows, "receiving", now)
+        return self._queue(
+            "SELECT series_instance_uid, run FROM series WHERE state = 'receiving' AND ("
+            "(open_associations = '' AND last_received <= "
+            "CASE interrupted WHEN 0 THEN ? ELSE ? END) OR (first_received <= ? AND last_received <= ?))",
+            (
+                now - self.quiet_period_s,
+                now - self.aborted_grace_s,
+                now - self.max_wait_s,
+                now - self.quiet_period_s,
+            ),
+            "receiving",
+            now,
+        )
 
     def record_plan(self, series_instance_uid: str, run: int, plan: str) -> None:
         """Keep what a run was claimed to do (route and settings, as JSON), so config edits leave it be."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE series SET plan = ? WHERE series_instance_uid = ? AND run = ?",
-                (plan, series_instance_uid, run),
-            )
+        self._db.execute(
+            "UPDATE series SET plan = ? WHERE series_instance_uid = ? AND run = ?",
+            (plan, series_instance_uid, run),
+        )
 
     def plan(self, series_instance_uid: str, run: int) -> str | None:
         """The plan recorded for a run, or ``None`` (not recorded yet, or another run now)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT plan FROM series WHERE series_instance_uid = ? AND run = ?",
-                (series_instance_uid, run),
-            ).fetchone()
+        row = self._db.query_one(
+            "SELECT plan FROM series WHERE series_instance_uid = ? AND run = ?", (series_instance_uid, run)
+        )
         return None if row is None or row[0] is None else str(row[0])
 
     def start(self, series_instance_uid: str, run: int, owner: str, lease_s: float) -> bool:
         """Take a queued run for ``owner``; ``False`` if it is not queued (done, taken, superseded)."""
         now = self._clock()
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE series SET state = 'processing', owner = ?, lease_until = ?, started_at = ?, "
-                "attempts = attempts + 1 WHERE series_instance_uid = ? AND run = ? AND state = 'queued'",
-                (owner, now + lease_s, now, series_instance_uid, run),
-            )
-        return cursor.rowcount == 1
+        changed = self._db.execute(
+            "UPDATE series SET state = 'processing', owner = ?, lease_until = ?, started_at = ?, "
+            "attempts = attempts + 1 WHERE series_instance_uid = ? AND run = ? AND state = 'queued'",
+            (owner, now + lease_s, now, series_instance_uid, run),
+        )
+        return changed == 1
 
     def renew(self, series_instance_uid: str, run: int, owner: str, lease_s: float) -> bool:
         """Extend ``owner``'s lease; ``False`` if the run is no longer theirs."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE series SET lease_until = ? WHERE series_instance_uid = ? AND run = ? "
-                "AND state = 'processing' AND owner = ?",
-                (self._clock() + lease_s, series_instance_uid, run, owner),
-            )
-        return cursor.rowcount == 1
+        changed = self._db.execute(
+            "UPDATE series SET lease_until = ? WHERE series_instance_uid = ? AND run = ? "
+            "AND state = 'processing' AND owner = ?",
+            (self._clock() + lease_s, series_instance_uid, run, owner),
+        )
+        return changed == 1
 
     def finish(self, series_instance_uid: str, run: int, owner: str, error: str | None = None) -> bool:
         """``owner`` finished the run: ``done``, or ``failed`` with ``error``; ``False`` if not theirs."""
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE series SET state = ?, finished_at = ?, error = ?, owner = NULL, lease_until = NULL "
-                "WHERE series_instance_uid = ? AND run = ? AND state = 'processing' AND owner = ?",
-                (
-                    "done" if error is None else "failed",
-                    self._clock(),
-                    error,
-                    series_instance_uid,
-                    run,
-                    owner,
-                ),
-            )
-        return cursor.rowcount == 1
+        changed = self._db.execute(
+            "UPDATE series SET state = ?, finished_at = ?, error = ?, owner = NULL, lease_until = NULL "
+            "WHERE series_instance_uid = ? AND run = ? AND state = 'processing' AND owner = ?",
+            ("done" if error is None else "failed", self._clock(), error, series_instance_uid, run, owner),
+        )
+        return changed == 1
 
     def holds(self, series_uid: str, run: int, owner: str) -> bool:
         """Whether ``owner`` still holds the run (not superseded by a new run, not taken over)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM series WHERE series_instance_uid = ? AND run = ? AND state = 'processing' "
-                "AND owner = ?",
-                (series_uid, run, owner),
-            ).fetchone()
+        row = self._db.query_one(
+            "SELECT 1 FROM series WHERE series_instance_uid = ? AND run = ? AND state = 'processing' "
+            "AND owner = ?",
+            (series_uid, run, owner),
+        )
         return row is not None
 
     def put_back(self, series_uid: str, run: int, owner: str) -> bool:
@@ -273,47 +255,55 @@ class SeriesTracker:
         The node's check for queued runs whose job left the queue enqueues it after
         ``job_lease_s``, which is the retry's backoff. ``False`` if the run is not theirs.
         """
-        with self._lock:
-            cursor = self._db.execute(
-                "UPDATE series SET state = 'queued', queued_at = ?, owner = NULL, lease_until = NULL "
-                "WHERE series_instance_uid = ? AND run = ? AND state = 'processing' AND owner = ?",
-                (self._clock(), series_uid, run, owner),
-            )
-        return cursor.rowcount == 1
+        changed = self._db.execute(
+            "UPDATE series SET state = 'queued', queued_at = ?, owner = NULL, lease_until = NULL "
+            "WHERE series_instance_uid = ? AND run = ? AND state = 'processing' AND owner = ?",
+            (self._clock(), series_uid, run, owner),
+        )
+        return changed == 1
 
     def reclaim(self) -> list[DueSeries]:
         """Runs whose worker is gone (lease expired, or a dead process of this host): queued again."""
         now = self._clock()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT series_instance_uid, run, owner, lease_until FROM series WHERE state = 'processing'"
-            ).fetchall()
-            gone = [(uid, run) for uid, run, owner, until in rows if until < now or owner_is_dead(owner)]
-            return self._move(gone, "processing", now)
+        return self._queue(
+            "SELECT series_instance_uid, run, owner, lease_until FROM series WHERE state = 'processing'",
+            (),
+            "processing",
+            now,
+            lambda row: row[3] < now or owner_is_dead(row[2]),
+        )
 
     def retry_failed(self, series_instance_uid: str | None = None) -> list[DueSeries]:
         """Failed runs (all, or one series') queued again, e.g. after the cause was fixed."""
-        now = self._clock()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT series_instance_uid, run FROM series WHERE state = 'failed' "
-                "AND (? IS NULL OR series_instance_uid = ?)",
-                (series_instance_uid, series_instance_uid),
-            ).fetchall()
-            return self._move(rows, "failed", now)
+        return self._queue(
+            "SELECT series_instance_uid, run FROM series WHERE state = 'failed' "
+            "AND (? IS NULL OR series_instance_uid = ?)",
+            (series_instance_uid, series_instance_uid),
+            "failed",
+            self._clock(),
+        )
 
-    def _move(self, rows: list[tuple[str, int]], state: str, now: float) -> list[DueSeries]:
-        """Move ``rows`` from ``state`` to ``queued``; returns those moved (the caller holds the lock)."""
-        moved = []
-        for uid, run in rows:
-            cursor = self._db.execute(
-                "UPDATE series SET state = 'queued', queued_at = ?, owner = NULL, lease_until = NULL "
-                "WHERE series_instance_uid = ? AND run = ? AND state = ?",
-                (now, uid, run, state),
-            )
-            if cursor.rowcount == 1:
-                moved.append(DueSeries(str(uid), int(run)))
-        return moved
+    def _queue(
+        self,
+        select: str,
+        params: tuple[Any, ...],
+        state: str,
+        now: float,
+        gone: Callable[[tuple[Any, ...]], bool] = lambda row: True,
+    ) -> list[DueSeries]:
+        """Move the runs ``select`` finds in ``state`` (those ``gone`` accepts) to ``queued``; those moved.
+
+        Each move is one conditional UPDATE on the state the run was found in, so
+        no run is moved (and returned) twice, however many processes try at once.
+        """
+        moved = self._db.update_each(
+            select,
+            params,
+            "UPDATE series SET state = 'queued', queued_at = ?, owner = NULL, lease_until = NULL "
+            "WHERE series_instance_uid = ? AND run = ? AND state = ?",
+            lambda row: (now, row[0], row[1], state) if gone(row) else None,
+        )
+        return [DueSeries(str(uid), int(run)) for uid, run, *_ in moved]
 
     def queued(self) -> list[DueSeries]:
         """Series claimed but not taken by a worker: what a restarted node queues again."""
@@ -321,11 +311,10 @@ class SeriesTracker:
 
     def queued_longer_than(self, seconds: float) -> list[DueSeries]:
         """Runs queued ``seconds`` ago or earlier and still not taken by a worker."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT series_instance_uid, run FROM series WHERE state = 'queued' AND queued_at <= ?",
-                (self._clock() - seconds,),
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT series_instance_uid, run FROM series WHERE state = 'queued' AND queued_at <= ?",
+            (self._clock() - seconds,),
+        )
         return [DueSeries(str(uid), int(run)) for uid, run in rows]
 
     def in_flight(self) -> list[tuple[str, int, str, float]]:
@@ -343,42 +332,36 @@ class SeriesTracker:
 
     def mark_purged(self, series_instance_uid: str) -> None:
         """The series' files are gone; the row stays so a late instance still starts a new run."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE series SET state = 'purged' WHERE series_instance_uid = ? AND state = 'done'",
-                (series_instance_uid,),
-            )
+        self._db.execute(
+            "UPDATE series SET state = 'purged' WHERE series_instance_uid = ? AND state = 'done'",
+            (series_instance_uid,),
+        )
 
     def _select(self, state: str) -> list[tuple[str, int, str, float, float, str]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT series_instance_uid, run, owner, started_at, finished_at, error FROM series "
-                "WHERE state = ?",
-                (state,),
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT series_instance_uid, run, owner, started_at, finished_at, error FROM series "
+            "WHERE state = ?",
+            (state,),
+        )
         return [tuple(row) for row in rows]  # type: ignore[misc]
 
     def counts(self) -> dict[str, int]:
         """How many series are in each state."""
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall()
+        rows = self._db.query("SELECT state, COUNT(*) FROM series GROUP BY state")
         return {str(state): int(count) for state, count in rows}
 
     def recent_runs(self, limit: int = 1000) -> list[RunTimes]:
         """Timings of the latest finished runs, for queue wait and latency figures."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT first_received, queued_at, started_at, finished_at, series_instance_uid FROM series "
-                "WHERE state IN ('done', 'purged') AND started_at IS NOT NULL "
-                "ORDER BY finished_at DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT first_received, queued_at, started_at, finished_at, series_instance_uid FROM series "
+            "WHERE state IN ('done', 'purged') AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+            (limit,),
+        )
         return [RunTimes(*row) for row in rows]
 
     def state(self, series_instance_uid: str) -> tuple[str, int] | None:
         """``(state, run)`` of a series, or ``None`` if it was never seen."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT state, run FROM series WHERE series_instance_uid = ?", (series_instance_uid,)
-            ).fetchone()
+        row = self._db.query_one(
+            "SELECT state, run FROM series WHERE series_instance_uid = ?", (series_instance_uid,)
+        )
         return None if row is None else (str(row[0]), int(row[1]))

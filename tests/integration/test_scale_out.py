@@ -73,7 +73,7 @@ def test_two_workers_on_redis_denoise_and_deliver_each_series_once_despite_a_kil
             time.sleep(0.2)
         time.sleep(2)  # anything sent twice would arrive now
         attempts = dict(
-            tracker._db.execute("SELECT series_instance_uid, attempts FROM series").fetchall()  # noqa: SLF001
+            tracker._db.query("SELECT series_instance_uid, attempts FROM series")  # noqa: SLF001
         )
     finally:
         tracker.close()
