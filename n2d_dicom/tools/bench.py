@@ -3,8 +3,12 @@
 Clean images are centre crops of real CT and MR slices shipped by ``pydicom-data``
 and a synthetic 3-D ellipsoid phantom. Noise is added at fixed seeds (white
 Gaussian, Poisson, and Gaussian noise correlated by a 3x3 binomial kernel, the
-way a CT reconstruction kernel spreads noise). Every method sees the same noisy
-array in [0, 1]; PSNR and SSIM use the clean image's data range. BM3D runs twice:
+way a CT reconstruction kernel spreads noise). Two cases make their noise by physics instead
+(:mod:`n2d_dicom.tools.physics`): ``lowdose``, the CT slice scanned at a low dose and
+reconstructed by filtered back projection against the noiseless reconstruction, and ``rician``,
+the MR slice as a magnitude image with Gaussian noise on its real and imaginary parts; these are
+mapped to [0, 1] from the noisy image's range, as the node maps a series. Every method sees the
+same noisy array in [0, 1]; PSNR and SSIM use the clean image's data range. BM3D runs twice:
 with the sigma a user would estimate, and told the true noise spectrum, the bound
 of a classical denoiser with a perfect noise model. BM3D (non-commercial) is a
 benchmark comparator only, in the ``bench`` extra with the test images, never a
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import cached_property, partial
 from typing import Literal
 from unittest import mock
 
@@ -29,6 +34,7 @@ import torch
 
 from n2d_dicom.engine import denoise_slices
 from n2d_dicom.errors import N2DInputError
+from n2d_dicom.intensity import IntensityMap
 from n2d_dicom.nlm import nlm_estimate
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.phantom import (
@@ -40,9 +46,17 @@ from n2d_dicom.tools.phantom import (
     noise_spectrum,
     psnr,
 )
+from n2d_dicom.tools.physics import VIEWS, low_dose_scan, rician_magnitude
 
 #: Real slices from pydicom-data: (case name, file name).
 REAL_IMAGES = (("CT head", "693_UNCI.dcm"), ("MR abdomen", "MR-SIEMENS-DICOM-WithOverlays.dcm"))
+#: The cases whose noise the scanner makes (:mod:`n2d_dicom.tools.physics`): (image, noise).
+PHYSICS_CASES = (("CT head", "lowdose"), ("MR abdomen", "rician"))
+#: Photons per ray entering the head in the ``lowdose`` case: a low dose for this slice's
+#: 0.48 mm pixels and the scan's views (the noise it gives, in HU, is printed by the bench).
+LOWDOSE_PHOTONS = 5e5
+#: Noise per channel (real, imaginary) of the ``rician`` case, in the MR crop's [0, 1] units.
+RICIAN_SIGMA = SIGMA
 
 Denoiser = Callable[[np.ndarray, torch.device], np.ndarray]
 
@@ -86,7 +100,14 @@ class BenchPlan:
             phantom_slices=2,
             phantom_side=64,
             ablations=False,
-            only=(("CT", "gaussian"), ("CT", "correlated"), ("MR", "poisson"), ("phantom", "gaussian")),
+            only=(
+                ("CT", "gaussian"),
+                ("CT", "correlated"),
+                ("MR", "poisson"),
+                ("phantom", "gaussian"),
+                ("CT", "lowdose"),
+                ("MR", "rician"),
+            ),
         )
 
     @classmethod
@@ -104,17 +125,39 @@ class BenchPlan:
 
 
 @dataclass(frozen=True)
+class Images:
+    """A case's clean and noisy volumes ``(S, H, W)``, and what the header says about its noise."""
+
+    clean: np.ndarray
+    noisy: np.ndarray
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Case:
-    """A clean volume ``(S, H, W)`` in [0, 1] and the noise to add to it."""
+    """An image and a noise; its volumes are made by ``make`` when first asked for (a scan
+    simulation takes seconds, and a case filtered out is never simulated)."""
 
     name: str
     noise: str
-    clean: np.ndarray
     seed: int
+    make: Callable[[], Images]
 
     @property
     def label(self) -> str:
         return f"{self.name}, {self.noise}"
+
+    @cached_property
+    def images(self) -> Images:
+        return self.make()
+
+    @property
+    def clean(self) -> np.ndarray:
+        return self.images.clean
+
+    @property
+    def noisy(self) -> np.ndarray:
+        return self.images.noisy
 
 
 @dataclass(frozen=True)
@@ -145,34 +188,87 @@ def _require_bench_extras() -> None:
         ) from exc
 
 
-def real_crop(file_name: str, side: int) -> np.ndarray:
-    """Centre ``side x side`` crop of a pydicom-data slice, scaled to [0, 1]."""
+def real_slice(file_name: str) -> tuple[np.ndarray, float]:
+    """A pydicom-data slice in its modality's units (HU for CT), and its pixel spacing in mm."""
     import pydicom
     from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_modality_lut
 
     path = get_testdata_file(file_name, download=False)
     if not isinstance(path, str):
         raise N2DInputError(f"{file_name} not found: pip install pydicom-data")
-    pixels = pydicom.dcmread(path).pixel_array.astype(np.float64)
-    top, left = (pixels.shape[0] - side) // 2, (pixels.shape[1] - side) // 2
-    crop = pixels[top : top + side, left : left + side]
+    dataset = pydicom.dcmread(path)
+    pixels = np.asarray(apply_modality_lut(dataset.pixel_array, dataset), dtype=np.float64)
+    return pixels, float(dataset.PixelSpacing[0])
+
+
+def centre_crop(image: np.ndarray, side: int) -> np.ndarray:
+    """The centre ``side x side`` pixels of a 2-D ``image``."""
+    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def real_crop(file_name: str, side: int) -> np.ndarray:
+    """Centre ``side x side`` crop of a pydicom-data slice, scaled to [0, 1]."""
+    crop = centre_crop(real_slice(file_name)[0], side)
     if crop.max() == crop.min():
         raise N2DInputError(f"the centre {side}x{side} crop of {file_name} is flat; use a larger crop")
     return ((crop - crop.min()) / (crop.max() - crop.min()))[np.newaxis]
 
 
+def added_noise(clean: Callable[[], np.ndarray], noise: str, seed: int) -> Images:
+    """The volume ``clean()`` and that volume with ``noise`` added (:func:`add_noise`)."""
+    volume = clean()
+    return Images(volume, add_noise(volume, noise, seed))
+
+
+def unit_images(clean: np.ndarray, noisy: np.ndarray, note: str) -> Images:
+    """Both slices mapped to [0, 1] by the noisy one's range, as the node maps a series it denoises."""
+    intensity = IntensityMap.from_array(noisy)
+    return Images(intensity.to_unit(clean)[np.newaxis], intensity.to_unit(noisy)[np.newaxis], note)
+
+
+def lowdose_images(crop: int, seed: int) -> Images:
+    """The CT slice scanned at :data:`LOWDOSE_PHOTONS`: the centre crops of the noiseless and the
+    noisy reconstruction, and the noise's standard deviation in HU over the crop."""
+    hu, pixel_mm = real_slice(REAL_IMAGES[0][1])
+    scan = low_dose_scan(hu, pixel_mm, LOWDOSE_PHOTONS, seed, VIEWS)
+    clean, noisy = centre_crop(scan.reference_hu, crop), centre_crop(scan.noisy_hu, crop)
+    note = (
+        f"CT lowdose: {LOWDOSE_PHOTONS:.0e} photons per ray, {VIEWS} parallel-beam views, ramp-filtered "
+        f"back projection, noise sigma {np.std(noisy - clean):.1f} HU"
+    )
+    return unit_images(clean, noisy, note)
+
+
+def rician_images(crop: int, seed: int) -> Images:
+    """The MR crop in [0, 1] as a magnitude image, and its magnitude with :data:`RICIAN_SIGMA`
+    Gaussian noise on the real and imaginary parts."""
+    clean = real_crop(REAL_IMAGES[1][1], crop)[0]
+    note = f"MR rician: sigma {RICIAN_SIGMA * 255:.0f}/255 on the real and imaginary parts"
+    return unit_images(clean, rician_magnitude(clean, RICIAN_SIGMA, seed), note)
+
+
 def build_cases(plan: BenchPlan, wanted: list[str]) -> list[Case]:
     """The plan's (image, noise) cases whose label contains one of ``wanted`` (all if empty)."""
-    images = [(name, real_crop(file, plan.crop)) for name, file in REAL_IMAGES]
+    images = [(name, partial(real_crop, file, plan.crop)) for name, file in REAL_IMAGES]
     images.append(
         (
             f"phantom {plan.phantom_slices}x{plan.phantom_side}^2",
-            ellipsoid_phantom(plan.phantom_slices, plan.phantom_side),
+            partial(ellipsoid_phantom, plan.phantom_slices, plan.phantom_side),
         )
     )
     pairs = [(name, clean, noise) for name, clean in images for noise in NOISES]
     # Seeds follow the full list, so that a case gets the same noise however the cases are filtered.
-    cases = [Case(name, noise, clean, seed) for seed, (name, clean, noise) in enumerate(pairs)]
+    cases = [
+        Case(name, noise, seed, partial(added_noise, clean, noise, seed))
+        for seed, (name, clean, noise) in enumerate(pairs)
+    ]
+    made = {"lowdose": lowdose_images, "rician": rician_images}
+    cases += [
+        Case(name, noise, seed, partial(made[noise], plan.crop, seed))
+        for seed, (name, noise) in enumerate(PHYSICS_CASES, start=len(pairs))
+    ]
     cases = [c for c in cases if plan.includes(c)]
     return [c for c in cases if not wanted or any(w.lower() in c.label.lower() for w in wanted)]
 
@@ -236,7 +332,8 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     """
     paper = paper_settings(plan.settings)
     chosen: dict[str, Denoiser] = {"BM3D (sigma estimated)": bm3d_method}
-    spectrum = noise_spectrum(case.noise, case.clean.shape[1:])
+    # The physics cases' noise has a spectrum, but not one known in closed form.
+    spectrum = noise_spectrum(case.noise, case.clean.shape[1:]) if case.noise in NOISES else None
     if spectrum is not None and plan.ablations:
         chosen["BM3D (noise known)"] = bm3d_known_noise(spectrum)
     chosen |= {
@@ -315,7 +412,7 @@ def peak_memory(device: torch.device) -> Iterator[list[float]]:
 
 def run_case(plan: BenchPlan, case: Case, device: torch.device, wanted: list[str]) -> Iterator[Result]:
     """Noisy row first, then one row per method."""
-    noisy = add_noise(case.clean, case.noise, case.seed)
+    noisy = case.noisy
     yield Result(case.label, "noisy input", *quality(case.clean, noisy), None, None)
     for name, method in select_methods(methods_for(plan, case), wanted).items():
         with peak_memory(device) as peak:
@@ -343,15 +440,17 @@ def run_benchmark(
 ) -> list[Result]:
     """Run the plan and print a Markdown table as rows complete; returns the rows."""
     _require_bench_extras()
+    chosen = build_cases(plan, cases)
+    notes = "".join(f"; {case.images.note}" for case in chosen if case.images.note)
     echo(
         f"n2d bench: crops {plan.crop}x{plan.crop}, N2D {plan.settings.iterations} iterations, "
         f"device {device}, {torch.get_num_threads()} CPU threads; noise sigma {SIGMA * 255:.0f}/255, "
-        f"Poisson peak {POISSON_PEAK:g}"
+        f"Poisson peak {POISSON_PEAK:g}{notes}"
     )
     echo("| case | method | PSNR dB | SSIM | seconds | peak MB |")
     echo("|---|---|---|---|---|---|")
     results = []
-    for case in build_cases(plan, cases):
+    for case in chosen:
         for result in run_case(plan, case, device, methods):
             echo(format_row(result))
             results.append(result)

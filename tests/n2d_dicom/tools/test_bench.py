@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,10 +98,15 @@ def test_the_quick_plan_runs_one_case_per_image_and_the_filter_narrows_it():
         "CT head, correlated",
         "MR abdomen, poisson",
         "phantom 2x64^2, gaussian",
+        "CT head, lowdose",
+        "MR abdomen, rician",
     ]
-    assert [c.label for c in build_cases(BenchPlan.quick(), ["MR"])] == ["MR abdomen, poisson"]
+    assert [c.label for c in build_cases(BenchPlan.quick(), ["MR"])] == [
+        "MR abdomen, poisson",
+        "MR abdomen, rician",
+    ]
     every = {c.label: c.seed for c in build_cases(BenchPlan.standard(), [])}
-    assert len(every) == 9
+    assert len(every) == 11 == len(set(every.values()))
     assert all(every[c.label] == c.seed for c in build_cases(BenchPlan.quick(), []) if c.label in every)
 
 
@@ -113,3 +119,28 @@ def test_a_method_named_exactly_runs_alone_and_a_part_of_a_name_runs_every_match
         "N2D per-slice, defaults",
     ]
     assert select_methods(methods, []) == methods
+
+
+def test_the_scanner_made_cases_run_with_their_noise_in_the_header(monkeypatch):
+    monkeypatch.setattr("n2d_dicom.tools.bench.VIEWS", 60)  # a coarse scan: the projections are quick
+    lines: list[str] = []
+    results = run_benchmark(TINY, torch.device("cpu"), ["lowdose", "rician"], ["NLM"], lines.append)
+    assert [(r.case, r.method) for r in results] == [
+        ("CT head, lowdose", "noisy input"),
+        ("CT head, lowdose", "NLM (scikit-image)"),
+        ("MR abdomen, rician", "noisy input"),
+        ("MR abdomen, rician", "NLM (scikit-image)"),
+    ]
+    sigma_hu = float(lines[0].split("noise sigma ")[-1].split(" HU")[0])
+    assert sigma_hu > 0 and "photons per ray, 60 parallel-beam views" in lines[0] and "rician" in lines[0]
+    noisy_ct, nlm_ct, noisy_mr, nlm_mr = results
+    assert nlm_ct.psnr > noisy_ct.psnr and nlm_mr.psnr > noisy_mr.psnr
+
+
+def test_the_rician_case_is_on_the_noisy_images_range_and_reproducible():
+    rician = build_cases(TINY, ["rician"])[0]
+    assert rician.noisy.shape == rician.clean.shape == (1, TINY.crop, TINY.crop)
+    assert rician.noisy.min() == 0 and rician.noisy.max() == 1
+    again = build_cases(TINY, ["rician"])[0]
+    np.testing.assert_array_equal(rician.noisy, again.noisy)
+    assert "HU" not in rician.images.note
