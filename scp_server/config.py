@@ -8,17 +8,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydicom.dataset import Dataset
 
 from n2d_dicom.derive import DerivationSettings
 from n2d_dicom.errors import validation_problems
 from n2d_dicom.settings import N2DSettings
+from scp_server.ae_title import AETitle
 from scp_server.sender import Destination
-
-#: An AE title: 1-16 characters of the default repertoire, no backslash (and not all spaces).
-AE_TITLE = r"^[ -\[\]-~]{1,16}$"
 
 
 class TLSSettings(BaseModel):
@@ -53,7 +51,7 @@ class RouteMatch(BaseModel):
     )
     sop_class_uids: list[str] = Field(default_factory=list, description="SOP Class UIDs.")
     series_description_regex: str | None = Field(None, description="Searched in Series Description.")
-    calling_aets: list[str] = Field(default_factory=list, description="AE titles that sent the series.")
+    calling_aets: list[AETitle] = Field(default_factory=list, description="AE titles that sent the series.")
 
     def matches(self, header: Dataset, calling_aet: str) -> bool:
         """Whether a series whose first instance is ``header``, sent by ``calling_aet``, is taken."""
@@ -99,10 +97,10 @@ class NodeSettings(BaseSettings):
         env_prefix="N2D_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    ae_title: str = Field("N2D", pattern=AE_TITLE, description="Our AE title; associations must call it.")
+    ae_title: AETitle = Field("N2D", description="Our AE title; associations must call it.")
     bind_address: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all).")
     port: int = Field(11112, ge=1, le=65535, description="DICOM port to listen on.")
-    allowed_calling_aets: list[str] = Field(
+    allowed_calling_aets: list[AETitle] = Field(
         default_factory=list,
         description="Calling AE titles allowed to associate; everyone else is rejected. Empty: nobody.",
     )
@@ -207,14 +205,6 @@ class NodeSettings(BaseSettings):
         60, gt=0, le=86400, description="How often the node retries undelivered files (an outbox round)."
     )
     http_port: int = Field(8080, ge=0, le=65535, description="/healthz and /metrics on bind_address; 0: off.")
-
-    @field_validator("ae_title", "allowed_calling_aets")
-    @classmethod
-    def _not_blank(cls, value: str | list[str]) -> str | list[str]:
-        for title in [value] if isinstance(value, str) else value:
-            if not title.strip() or len(title) > 16 or "\\" in title:
-                raise ValueError(f"{title!r} is not an AE title (1-16 characters, not blank, no backslash)")
-        return value
 
     @classmethod
     def settings_customise_sources(

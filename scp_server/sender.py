@@ -27,6 +27,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from scp_server.ae_title import AETitle
+
 log = logging.getLogger(__name__)
 
 DELIVERED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
@@ -62,7 +64,7 @@ class Destination(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ae_title: str = Field(min_length=1, max_length=16, description="The destination's AE title.")
+    ae_title: AETitle = Field(description="The destination's AE title.")
     host: str = Field(description="Host name or address.")
     port: int = Field(ge=1, le=65535, description="DICOM port.")
     tls: DestinationTLS | None = Field(None, description="Send over TLS; null: plain TCP.")

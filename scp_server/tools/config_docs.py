@@ -14,7 +14,7 @@ import json
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel
@@ -60,6 +60,8 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
     args = get_args(annotation)
+    if origin is Annotated:  # a union told apart by a discriminator: its members are what a reader needs
+        return _type_name(args[0])
     if origin is Literal:
         return " \\| ".join(f"`{json.dumps(arg)}`" for arg in args)
     if origin is Union or origin is types.UnionType:
