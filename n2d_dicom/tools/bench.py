@@ -235,8 +235,9 @@ def lowdose_images(crop: int, seed: int) -> Images:
     scan = low_dose_scan(hu, pixel_mm, LOWDOSE_PHOTONS, seed, VIEWS)
     clean, noisy = centre_crop(scan.reference_hu, crop), centre_crop(scan.noisy_hu, crop)
     note = (
-        f"CT lowdose: {LOWDOSE_PHOTONS:.0e} photons per ray, {VIEWS} parallel-beam views, ramp-filtered "
-        f"back projection, noise sigma {np.std(noisy - clean):.1f} HU"
+        f"CT lowdose: {LOWDOSE_PHOTONS:.0f} photons per ray, {VIEWS} parallel-beam views, ramp-filtered "
+        f"back projection, noise sigma {np.std(noisy - clean):.1f} HU on a reference crop spanning "
+        f"{np.ptp(clean):.0f} HU"
     )
     return unit_images(clean, noisy, note)
 
