@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from n2d_dicom.bids import Datatype
 from n2d_dicom.derive import DerivationSettings
 from n2d_dicom.devices import resolve_device
 from n2d_dicom.errors import N2DInputError
@@ -203,3 +204,73 @@ def demo(
     typer.echo(
         f"{output}: PSNR {before:.2f} dB noisy -> {after:.2f} dB denoised ({settings.mode}, {torch_device})"
     )
+
+
+@app.command("denoise-bids")
+@options_from(N2DSettings, "settings")
+def denoise_bids(
+    root: Annotated[Path, typer.Argument(help="A BIDS dataset's root (holds dataset_description.json).")],
+    settings: N2DSettings,
+    out: Annotated[
+        Path | None, typer.Option(help="The derivative dataset's folder; default ROOT/derivatives/n2d.")
+    ] = None,
+    datatypes: Annotated[
+        list[Datatype] | None,
+        typer.Option("--datatype", help="Only images of this datatype (repeatable); default all three."),
+    ] = None,
+    suffixes: Annotated[
+        list[str] | None,
+        typer.Option("--suffix", help="Only images with this BIDS suffix, e.g. T1w or bold (repeatable)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Denoise again images whose derivative exists.")] = False,
+    device: DeviceOption = "auto",
+    progress: ProgressOption = True,
+) -> None:
+    """Denoise a BIDS dataset's anat, func and dwi images into a BIDS derivative dataset.
+
+    Each image gets a desc-n2d twin in the same place of the derivative dataset, with a JSON sidecar
+    (the source's metadata, Sources, the settings and what was measured); 4-D images are denoised
+    volume by volume. Images whose sidecar exists are skipped unless --overwrite, so an interrupted
+    run resumes where it stopped. Exit status 1 if any image failed.
+    """
+    from n2d_dicom.bids import (
+        DATATYPES,
+        DEFAULT_OUT,
+        check_derivative_folder,
+        dataset_description,
+        denoise_image,
+        find_images,
+        is_done,
+        require_dataset,
+        write_json,
+    )
+
+    torch_device = guarded(lambda: resolve_device(device))
+    guarded(lambda: require_dataset(root))
+    target = out if out is not None else root / DEFAULT_OUT
+    guarded(lambda: check_derivative_folder(target))
+    wanted = [d.value for d in datatypes] if datatypes else list(DATATYPES)
+    images = find_images(root, wanted, suffixes or ())
+    if not images:
+        kinds = ", ".join(suffixes) if suffixes else "any suffix"
+        fail(f"{root}: no NIfTI images in {'/'.join(wanted)} folders with {kinds}")
+    write_json(target / "dataset_description.json", dataset_description(root, target))
+    failures = 0
+    for image in tqdm(images, unit="image", disable=not progress, file=sys.stderr):
+        if not overwrite and is_done(target, image):
+            typer.echo(f"{image.path}: skipped, {image.output} exists (--overwrite redoes it)")
+            continue
+        started = time.perf_counter()
+        try:
+            measured = tuple(denoise_image(root, target, image, settings, torch_device))
+        except (N2DInputError, OSError) as exc:
+            failures += 1
+            typer.echo(f"n2d: error: {exc}", err=True)
+            continue
+        typer.echo(
+            f"{image.path} -> {image.output}: {len(measured)} volume(s) ({describe_measured(measured)}) "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+    typer.echo(f"{target}: BIDS derivative dataset of {root}")
+    if failures:
+        raise typer.Exit(1)
