@@ -49,10 +49,19 @@ def denoise(
         int | None, typer.Option(help="Slice axis 0-2; default: the header's slice axis, else 2.")
     ] = None,
     progress: ProgressOption = True,
+    preview: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the middle slice's input, output and residual side by side to this PNG."
+        ),
+    ] = None,
 ) -> None:
     """Denoise a NIfTI volume slice by slice, keeping its header, affine, dtype and scaling."""
     from n2d_dicom.pipeline import denoise_nifti
+    from n2d_dicom.preview import nifti_preview
 
+    if preview is not None and preview.suffix.lower() != ".png":
+        fail(f"{preview}: --preview writes a PNG file; give it a .png name")
     torch_device = guarded(lambda: resolve_device(device))
     image = guarded(lambda: read_nifti(source))
     chosen_axis = default_slice_axis(image) if axis is None else axis
@@ -69,6 +78,9 @@ def denoise(
         f"{output}: denoised {total} slices ({settings.mode}, {settings.iterations} iterations, "
         f"{torch_device}; {describe_measured(tuple(measured))}) in {time.perf_counter() - started:.1f} s"
     )
+    if preview is not None:
+        guarded(lambda: nifti_preview(source, output, chosen_axis, preview))
+        typer.echo(f"{preview}: input, output and residual (input - output) of the middle slice")
 
 
 @app.command("denoise-dicom")

@@ -205,6 +205,14 @@ class NodeSettings(BaseSettings):
         60, gt=0, le=86400, description="How often the node retries undelivered files (an outbox round)."
     )
     http_port: int = Field(8080, ge=0, le=65535, description="/healthz and /metrics on bind_address; 0: off.")
+    dashboard: bool = Field(
+        True,
+        description="Serve the dashboard page (GET / on http_port) and keep each run's thumbnails (images of "
+        "patients, kept in the spool with the run's files); false: neither.",
+    )
+    dashboard_accession_numbers: bool = Field(
+        False, description="Show each run's Accession Number on the dashboard; off: no study identifier."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -16,6 +16,7 @@ from typing import Any
 from huey.api import Huey
 from pydantic import BaseModel
 
+from scp_server.run_summary import remove_previews
 from scp_server.spool import remove_empty_folder
 from scp_server.stores import Stores
 from scp_server.tasks import Jobs
@@ -165,7 +166,9 @@ def purge(stores: Stores, quarantine: bool, refused: bool, older_than_s: float) 
 
 
 def apply_retention(stores: Stores, retention_s: float) -> int:
-    """Delete received and derived files of series done and delivered ``retention_s`` ago; returns series.
+    """Delete received and derived files (and thumbnails) of series done and delivered ``retention_s`` ago.
+
+    Returns how many series were purged.
 
     A series with a delivery still pending or refused keeps its files (``n2d retry``
     may need them); the tracker keeps its row so a late instance starts a new run.
@@ -176,6 +179,7 @@ def apply_retention(stores: Stores, retention_s: float) -> int:
             continue
         delete_files(stores.outbox.forget(uid))
         stores.spool.remove_series(uid)
+        remove_previews(stores.spool.root, uid)
         stores.tracker.mark_purged(uid)
         purged += 1
     return purged

@@ -1,4 +1,4 @@
-"""Wires the node together and owns start-up and shutdown; serves ``/healthz`` and ``/metrics``.
+"""Wires the node together and owns start-up and shutdown; serves ``/healthz``, ``/metrics`` and ``/``.
 
 Start-up order matters for "nothing acknowledged is lost": the spool first
 indexes any file a crash left unindexed, the queue is emptied and every series
@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from n2d_dicom.devices import resolve_device
 from scp_server.config import NodeSettings
+from scp_server.dashboard import Dashboard
 from scp_server.delivery import deliver
 from scp_server.health import Backoff, Health
 from scp_server.metrics import NodeMetrics
@@ -213,10 +214,15 @@ class Node:
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
         metrics, status, health = self.metrics, self.status, self.health
+        dashboard = (
+            Dashboard(self.settings, self.stores, self.status, self.health.problems)
+            if self.settings.dashboard
+            else None
+        )
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the http.server API)
-                code = 200
+                code, headers = 200, {}
                 if self.path == "/healthz":
                     problems = health.problems()
                     code = 503 if problems else 200
@@ -225,12 +231,17 @@ class Node:
                     body, content_type = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
                 elif self.path == "/status":
                     body, content_type = status().model_dump_json(indent=2).encode(), "application/json"
+                elif dashboard is not None and (answer := dashboard.answer(self.path)) is not None:
+                    code, headers = answer.code, answer.headers
+                    body, content_type = answer.body, answer.content_type
                 else:
                     self.send_error(404)
                     return
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -35,6 +35,7 @@ from scp_server.config import NodeSettings, Route, route_for
 from scp_server.delivery import deliver
 from scp_server.health import Backoff
 from scp_server.leases import new_owner, renewed
+from scp_server.run_summary import record
 from scp_server.sender import Destination
 from scp_server.spool import Spool
 from scp_server.stores import Stores
@@ -245,6 +246,8 @@ class SeriesProcessor:
             items = [(str(ds.SOPInstanceUID), path) for ds, path in zip(derived.datasets, paths)]
             for destination in route.destinations:
                 self.stores.outbox.add(items, destination, series_uid)
+            if self.settings.dashboard:
+                record(self.stores, self.settings, series_uid, run, series, derived)
             log.info(
                 "series %s run %d (%s): %d instances -> derived %s in %.1f s (%s)",
                 series_uid,

@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS series (
 );
 """
 #: Columns added since the first schema, for spools written by older versions.
-ADDED_COLUMNS = {"interrupted": "INTEGER NOT NULL DEFAULT 0", "plan": "TEXT"}
+ADDED_COLUMNS = {"interrupted": "INTEGER NOT NULL DEFAULT 0", "plan": "TEXT", "summary": "TEXT"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,23 @@ class RunTimes:
     started_at: float
     finished_at: float
     series_instance_uid: str = ""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A series' latest run as the tracker holds it, for the dashboard (times in epoch seconds)."""
+
+    series_instance_uid: str
+    run: int
+    state: str
+    first_received: float
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    plan: str | None
+    summary: str | None
+    """What the run decided and measured (JSON, :class:`scp_server.run_summary.RunSummary`)."""
 
 
 class SeriesTracker:
@@ -136,7 +153,7 @@ class SeriesTracker:
                     "UPDATE series SET run = run + 1, state = 'receiving', first_received = ?, "
                     "last_received = ?, open_associations = ?, queued_at = NULL, started_at = NULL, "
                     "finished_at = NULL, owner = NULL, lease_until = NULL, attempts = 0, error = NULL, "
-                    "interrupted = 0, plan = NULL WHERE series_instance_uid = ?",
+                    "interrupted = 0, plan = NULL, summary = NULL WHERE series_instance_uid = ?",
                     (now, now, association, series_instance_uid),
                 )
 
@@ -365,3 +382,19 @@ class SeriesTracker:
             "SELECT state, run FROM series WHERE series_instance_uid = ?", (series_instance_uid,)
         )
         return None if row is None else (str(row[0]), int(row[1]))
+
+    def record_summary(self, series_instance_uid: str, run: int, summary: str) -> None:
+        """Keep what a run decided and measured (JSON) with the run; a newer run's row is left be."""
+        self._db.execute(
+            "UPDATE series SET summary = ? WHERE series_instance_uid = ? AND run = ?",
+            (summary, series_instance_uid, run),
+        )
+
+    def latest(self, limit: int = 50) -> list[RunRecord]:
+        """The latest run of the ``limit`` series received most recently, newest first."""
+        rows = self._db.query(
+            "SELECT series_instance_uid, run, state, first_received, queued_at, started_at, finished_at, "
+            "error, plan, summary FROM series ORDER BY first_received DESC LIMIT ?",
+            (limit,),
+        )
+        return [RunRecord(*row) for row in rows]
