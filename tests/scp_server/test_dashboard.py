@@ -2,6 +2,8 @@
 
 import io
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from scp_server.config import NodeSettings
 from scp_server.dashboard import Dashboard, PageData, render
 from scp_server.operations import NodeStatus, apply_retention, node_status
 from scp_server.run_summary import RunSummary, preview_folder, preview_key
+from scp_server.service import Node
 from scp_server.spool import StoredInstance, instance_of
 from scp_server.stores import Stores
 from scp_server.tasks import SeriesProcessor
@@ -225,3 +228,39 @@ def test_the_accession_number_is_shown_only_when_asked_for():
     data = PageData("N2D", [], status, {}, [run], {}, set(), time.time())
     assert "ACC-7731" in render(data, accession_numbers=True)
     assert "ACC-7731" not in render(data, accession_numbers=False)
+
+
+def http_get(url: str) -> tuple[int, str, bytes]:
+    """Status, content type and body of a GET, errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.headers["Content-Type"], answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read()
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["dashboard", "no-dashboard"])
+def test_the_node_serves_the_page_on_its_http_port_only_when_enabled(tmp_path, enabled):
+    settings = NodeSettings(
+        spool_dir=tmp_path / "spool",
+        workers=0,
+        port=free_port(),
+        http_port=free_port(),
+        allowed_calling_aets=[CALLER],
+        dashboard=enabled,
+    )
+    node = Node(settings)
+    node.start()
+    try:
+        base = f"http://127.0.0.1:{settings.http_port}"
+        code, content_type, body = http_get(f"{base}/")
+        missing = http_get(f"{base}/runs/{'0' * 16}/input.png")[0]
+        metrics = http_get(f"{base}/metrics")[0]
+    finally:
+        node.stop()
+    if enabled:
+        assert code == 200 and content_type == "text/html; charset=utf-8"
+        assert b"n2d-dicom node N2D" in body and b"No series received yet." in body
+    else:
+        assert code == 404
+    assert missing == 404 and metrics == 200
