@@ -96,6 +96,12 @@ def denoise_dicom(
     series: Annotated[
         list[str] | None, typer.Option("--series", help="Only this Series Instance UID (repeatable).")
     ] = None,
+    nifti: Annotated[
+        bool,
+        typer.Option(
+            "--nifti", help="Also write each derived series as OUT_DIR/<derived series UID>.nii.gz (RAS)."
+        ),
+    ] = False,
     device: DeviceOption = "auto",
     progress: ProgressOption = True,
 ) -> None:
@@ -108,6 +114,7 @@ def denoise_dicom(
     """
     from n2d_dicom.derive import write_instances
     from n2d_dicom.dicom_read import read_dicom_folder
+    from n2d_dicom.nifti_io import write_series_nifti
     from n2d_dicom.pipeline import denoise_series
 
     torch_device = guarded(lambda: resolve_device(device))
@@ -129,7 +136,9 @@ def denoise_dicom(
             try:
                 derived = denoise_series(item, settings, derivation, torch_device, progress=bar.update)
                 folder = output / derived.series_uid
-                write_instances(derived.datasets, folder)
+                written = write_instances(derived.datasets, folder)
+                if nifti:
+                    write_series_nifti(written, output / f"{derived.series_uid}.nii.gz")
             except (N2DInputError, ValueError, OSError) as exc:
                 failures += 1
                 typer.echo(f"n2d: error: series {item.series_uid}: {exc}", err=True)

@@ -156,6 +156,7 @@ class DicomSeries:
             origin=self._origin(),
             direction=self._direction(),
             sources=tuple(f.source for f in self.frames),
+            rescale=tuple(_rescale(f) for f in self.frames),
         )
 
     def _pixel_spacing(self) -> tuple[float, float]:
@@ -188,6 +189,23 @@ class DicomSeries:
             return np.eye(3)
         row, col = orientation[:3], orientation[3:]
         return np.stack([row, col, np.cross(row, col)])
+
+
+def _rescale(frame: Frame) -> tuple[float, float]:
+    """A frame's (Rescale Slope, Rescale Intercept): its functional groups first, then the object's."""
+    group = None
+    if frame.index is not None:
+        group = _frame_item(frame.dataset, frame.index, "PixelValueTransformationSequence", "RescaleSlope")
+    item = frame.dataset if group is None else group
+    slope, intercept = item.get("RescaleSlope"), item.get("RescaleIntercept")
+    try:
+        return float(1.0 if slope in (None, "") else slope), float(
+            0.0 if intercept in (None, "") else intercept
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{frame.path.name}: Rescale Slope {slope!r} or Intercept {intercept!r} is not a number"
+        ) from exc
 
 
 def read_dicom_files(paths: Iterable[Path]) -> tuple[list[DicomSeries], list[Rejected]]:

@@ -26,6 +26,9 @@ class Volume:
     ``origin`` is the centre of the first pixel of the first slice. Images with
     no patient geometry (CR, DX, SC) get spacing from Pixel Spacing where there is
     one, else 1 mm, an identity direction and a zero origin.
+    ``rescale`` is each slice's (Rescale Slope, Rescale Intercept), which maps
+    its stored values to real-world ones (Hounsfield units for CT); (1, 0) where
+    the object has none.
     """
 
     array: np.ndarray
@@ -33,9 +36,12 @@ class Volume:
     origin: tuple[float, float, float]
     direction: np.ndarray
     sources: tuple[SliceSource, ...]
+    rescale: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3 or self.array.shape[0] != len(self.sources):
             raise ValueError(
                 f"array shape {self.array.shape} does not match {len(self.sources)} slice sources"
             )
+        if self.rescale and len(self.rescale) != len(self.sources):
+            raise ValueError(f"{len(self.rescale)} rescale pairs for {len(self.sources)} slices")
