@@ -7,11 +7,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Journal = Literal["wal", "delete"]
 #: Values bound to an SQL statement's ``?`` placeholders.
 Params = Sequence[Any]
+Row = TypeVar("Row")
 
 #: Seconds a writer waits for another process's write lock (workers share the spool's databases).
 BUSY_TIMEOUT_S = 30.0
@@ -83,6 +84,10 @@ class Database:
         """The rows a statement returns."""
         with self._lock:
             return [tuple(row) for row in self._connection.execute(sql, params).fetchall()]
+
+    def query_as(self, make: Callable[..., Row], sql: str, params: Params = ()) -> list[Row]:
+        """The rows a statement returns, each made into ``make(*columns)`` (a record of its columns)."""
+        return [make(*row) for row in self.query(sql, params)]
 
     def query_one(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
         """The first row a statement returns, or ``None``."""

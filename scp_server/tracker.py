@@ -369,12 +369,12 @@ class SeriesTracker:
 
     def recent_runs(self, limit: int = 1000) -> list[RunTimes]:
         """Timings of the latest finished runs, for queue wait and latency figures."""
-        rows = self._db.query(
+        return self._db.query_as(
+            RunTimes,
             "SELECT first_received, queued_at, started_at, finished_at, series_instance_uid FROM series "
             "WHERE state IN ('done', 'purged') AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
             (limit,),
         )
-        return [RunTimes(*row) for row in rows]
 
     def state(self, series_instance_uid: str) -> tuple[str, int] | None:
         """``(state, run)`` of a series, or ``None`` if it was never seen."""
@@ -392,9 +392,9 @@ class SeriesTracker:
 
     def latest(self, limit: int = 50) -> list[RunRecord]:
         """The latest run of the ``limit`` series received most recently, newest first."""
-        rows = self._db.query(
+        return self._db.query_as(
+            RunRecord,
             "SELECT series_instance_uid, run, state, first_received, queued_at, started_at, finished_at, "
             "error, plan, summary FROM series ORDER BY first_received DESC LIMIT ?",
             (limit,),
         )
-        return [RunRecord(*row) for row in rows]
