@@ -16,7 +16,7 @@ from n2d_dicom.derive import DerivationSettings
 from n2d_dicom.errors import validation_problems
 from n2d_dicom.settings import N2DSettings
 from scp_server.ae_title import AETitle
-from scp_server.sender import Destination
+from scp_server.dicomweb import AnyDestination
 
 
 class TLSSettings(BaseModel):
@@ -75,7 +75,9 @@ class Route(BaseModel):
     name: str = Field(description="Shown in logs.")
     match: RouteMatch = Field(default_factory=RouteMatch)
     n2d: N2DSettings = Field(default_factory=N2DSettings, description="Denoising settings for this route.")
-    destinations: list[Destination] = Field(min_length=1, description="Where derived series are sent.")
+    destinations: list[AnyDestination] = Field(
+        min_length=1, description="Where derived series are sent: DIMSE peers or DICOMweb services."
+    )
 
 
 class QueueSettings(BaseModel):
@@ -156,7 +158,7 @@ class NodeSettings(BaseSettings):
     routes: list[Route] = Field(
         default_factory=list, description="First matching route wins; none: not processed."
     )
-    forward_unmatched: list[Destination] = Field(
+    forward_unmatched: list[AnyDestination] = Field(
         default_factory=list,
         description="Where series that match no route are sent unchanged; empty: they stay in the spool.",
     )

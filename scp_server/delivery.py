@@ -14,9 +14,10 @@ import logging
 from collections import Counter
 
 from scp_server.config import NodeSettings
+from scp_server.dicomweb import AnyDestination
 from scp_server.leases import new_owner
 from scp_server.outbox import Outbox, destination_key
-from scp_server.sender import Destination, SendResult
+from scp_server.sender import SendResult
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 SEND_CLAIM_S = 900.0
 
 
-def configured_destinations(settings: NodeSettings) -> dict[str, Destination]:
+def configured_destinations(settings: NodeSettings) -> dict[str, AnyDestination]:
     """Every destination the configuration names now, by outbox key."""
     destinations = [d for route in settings.routes for d in route.destinations] + list(
         settings.forward_unmatched

@@ -10,7 +10,8 @@ Several workers may deliver at once, so :meth:`Outbox.deliver` first claims the
 rows it will send (owner and expiry, see :mod:`scp_server.leases`): a row is
 sent by one worker at a time, and a claim left by a dead worker runs out.
 
-A row names its destination by a stable key, ``AE@host:port``, and keeps the
+A row names its destination by a stable key, ``AE@host:port`` (a DICOMweb
+destination: its URL), and keeps the
 destination as configured when the row was added; delivery uses the
 destination as configured *now* under that key where there is one, so editing a
 destination's other fields (TLS, say) applies to rows already waiting.
@@ -25,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scp_server.dicomweb import AnyDestination, DicomWebDestination, parse_destination, stow_files
 from scp_server.leases import owner_is_dead
-from scp_server.sender import Destination, SendResult, send_files
+from scp_server.sender import SendResult, send_files
 from scp_server.sqlite import Database, Journal
 
 SCHEMA = """
@@ -59,8 +61,10 @@ WHERE destination LIKE '{%'
 MISSING = "derived file missing from the spool"
 
 
-def destination_key(destination: Destination) -> str:
-    """How rows name a destination: ``AE@host:port``, unchanged by edits to its other fields."""
+def destination_key(destination: AnyDestination) -> str:
+    """How rows name a destination: ``AE@host:port`` or a URL, unchanged by edits to its other fields."""
+    if isinstance(destination, DicomWebDestination):
+        return destination.key
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
@@ -86,7 +90,9 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
-    def add(self, items: list[tuple[str, Path]], destination: Destination, series_instance_uid: str) -> None:
+    def add(
+        self, items: list[tuple[str, Path]], destination: AnyDestination, series_instance_uid: str
+    ) -> None:
         """Queue ``(sop_instance_uid, path)`` items derived from a received series for ``destination``.
 
         Items already known keep their state (a re-run never resends what was delivered).
@@ -106,9 +112,9 @@ class Outbox:
         self,
         owner: str,
         claim_s: float,
-        current: Mapping[str, Destination] | None = None,
+        current: Mapping[str, AnyDestination] | None = None,
         series_instance_uid: str | None = None,
-    ) -> dict[Destination, list[Path]]:
+    ) -> dict[AnyDestination, list[Path]]:
         """Pending rows nobody else is sending, now claimed by ``owner`` for ``claim_s``; by destination.
 
         ``current`` maps keys to destinations as configured now (they win over the
@@ -130,13 +136,13 @@ class Outbox:
             "AND destination = ? AND state = 'pending' AND owner IS ?",
             claim_of,
         )
-        by_destination: dict[Destination, list[Path]] = {}
+        by_destination: dict[AnyDestination, list[Path]] = {}
         for _, key, stored, path, _, _ in claimed:
-            destination = current.get(key) or Destination.model_validate_json(stored)
+            destination = current.get(key) or parse_destination(stored)
             by_destination.setdefault(destination, []).append(Path(path))
         return by_destination
 
-    def record(self, results: list[SendResult], destination: Destination) -> None:
+    def record(self, results: list[SendResult], destination: AnyDestination) -> None:
         """Store the outcome of a send (delivered, refused, or still pending) and release the claim.
 
         Called per instance as answers arrive: after a crash at most the instance in
@@ -154,7 +160,7 @@ class Outbox:
             ],
         )
 
-    def record_one(self, destination: Destination, result: SendResult) -> None:
+    def record_one(self, destination: AnyDestination, result: SendResult) -> None:
         """:meth:`record` for one answer, as it arrives."""
         self.record([result], destination)
 
@@ -165,7 +171,7 @@ class Outbox:
         backoff_s: float,
         owner: str,
         claim_s: float,
-        current: Mapping[str, Destination] | None = None,
+        current: Mapping[str, AnyDestination] | None = None,
         series_instance_uid: str | None = None,
         timeout_s: float = 30.0,
     ) -> list[SendResult]:
@@ -182,21 +188,20 @@ class Outbox:
             self._refuse_missing(missing, destination)
             results.extend(missing)
             if present:
-                results.extend(
-                    send_files(
-                        present,
-                        destination,
-                        calling_ae,
-                        attempts=attempts,
-                        backoff_s=backoff_s,
-                        timeout_s=timeout_s,
-                        on_result=functools.partial(self.record_one, destination),
+                on_result = functools.partial(self.record_one, destination)
+                if isinstance(destination, DicomWebDestination):
+                    sent = stow_files(
+                        present, destination, attempts, backoff_s, timeout_s, on_result=on_result
                     )
-                )
+                else:
+                    sent = send_files(
+                        present, destination, calling_ae, attempts, backoff_s, timeout_s, on_result=on_result
+                    )
+                results.extend(sent)
         self._release(owner)
         return results
 
-    def _refuse_missing(self, missing: list[SendResult], destination: Destination) -> None:
+    def _refuse_missing(self, missing: list[SendResult], destination: AnyDestination) -> None:
         self._db.execute_many(
             "UPDATE outbox SET state = 'refused', last_error = ?, owner = NULL, claimed_until = NULL "
             "WHERE path = ? AND destination = ?",

@@ -84,6 +84,8 @@ class SendResult:
     sop_instance_uid: str
     status: int | None
     error: str | None = None
+    #: Refused without a DIMSE status (a DICOMweb destination's 4xx answer): not retried either.
+    refused_outright: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -91,6 +93,8 @@ class SendResult:
 
     @property
     def refused(self) -> bool:
+        if self.refused_outright:
+            return True
         return self.status is not None and not self.delivered and self.status >> 8 != 0xA7
 
 

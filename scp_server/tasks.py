@@ -33,10 +33,10 @@ from n2d_dicom.pipeline import denoise_series
 from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings, Route, route_for
 from scp_server.delivery import deliver
+from scp_server.dicomweb import AnyDestination
 from scp_server.health import Backoff
 from scp_server.leases import new_owner, renewed
 from scp_server.run_summary import record
-from scp_server.sender import Destination
 from scp_server.spool import Spool
 from scp_server.stores import Stores
 
@@ -65,7 +65,7 @@ class RunPlan(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     route: Route | None = Field(description="The route that took the series; None: no route matches.")
-    forward_unmatched: list[Destination] = Field(
+    forward_unmatched: list[AnyDestination] = Field(
         default_factory=list, description="Where objects no route denoises go unchanged."
     )
     derivation: DerivationSettings
@@ -209,7 +209,7 @@ class SeriesProcessor:
         series_uid: str,
         run: int,
         instances: list[tuple[str, Path]],
-        destinations: list[Destination],
+        destinations: list[AnyDestination],
         why: str,
     ) -> None:
         """Queue received files themselves for ``destinations``."""

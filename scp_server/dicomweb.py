@@ -1,0 +1,390 @@
+"""Destinations over DICOMweb: derived instances sent with STOW-RS (PS3.18 10.5) instead of C-STORE.
+
+A route destination is either a DIMSE peer (:class:`scp_server.sender.Destination`)
+or ``dicomweb: {url: ...}`` (:class:`DicomWebDestination`); both go through the
+same outbox, retries and status. Files are posted as they are on disk, a bounded
+number per request, to ``{url}/studies`` as ``multipart/related;
+type="application/dicom"``. Each instance ends in the states C-STORE uses
+(see :mod:`scp_server.sender`):
+
+- delivered: stored (200, or listed in the answer's Referenced SOP Sequence);
+- refused: listed in the Failed SOP Sequence with a failure reason other than
+  "out of resources" (0xA7xx), or the request answered with a 4xx (a wrong URL,
+  bad credentials): the destination has said no, so it is not retried;
+- undelivered: no connection, a timeout, a TLS failure, 408, 429 or a 5xx; the
+  outbox tries again later.
+
+Credentials are read from an environment variable or a file when a request is
+made, never from the YAML: the configuration, the run plans and the outbox rows
+(which keep each destination as JSON) hold only where a secret is, not the secret.
+URLs with credentials in them are refused, so what is logged or shown as a
+destination's key (its URL) never holds one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import pydicom
+import requests
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+from n2d_dicom.uids import printable
+from scp_server.sender import DELIVERED, Destination, SendResult
+
+log = logging.getLogger(__name__)
+
+#: HTTP answers that say "not now" rather than "no": the request is tried again later.
+TRANSIENT_HTTP = frozenset({408, 429})
+
+
+class SecretSource(BaseModel):
+    """Where a password or token is read when it is needed: an environment variable or a file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str | None = Field(None, min_length=1, description="Name of the environment variable holding it.")
+    file: Path | None = Field(
+        None, description="File holding it (a mounted secret, say); surrounding whitespace is dropped."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env (a variable's name) or file (a path)")
+        return self
+
+    def read(self) -> str:
+        """The secret; :class:`CredentialsMissing` names the variable or file (never the value)."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise CredentialsMissing(f"environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        try:
+            value = self.file.read_text().strip()
+        except OSError as exc:
+            raise CredentialsMissing(f"cannot read {self.file}: {exc.strerror}") from exc
+        if not value:
+            raise CredentialsMissing(f"{self.file} is empty")
+        return value
+
+
+class CredentialsMissing(ValueError):
+    """A configured password or token cannot be read; the message says where it was looked for."""
+
+
+class DicomWebTarget(BaseModel):
+    """A DICOMweb service that takes STOW-RS, and how to reach it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(
+        description="Base URL of the DICOMweb service (STOW-RS posts to {url}/studies), e.g. "
+        "https://pacs.example.org/dicom-web; no credentials in it (see auth).",
+    )
+    auth: Literal["none", "basic", "bearer"] = Field(
+        "none", description="none; basic: username and password; bearer: token (Authorization: Bearer)."
+    )
+    username: str | None = Field(None, min_length=1, description="User name (auth basic).")
+    password: SecretSource | None = Field(None, description="Where the password is read (auth basic).")
+    token: SecretSource | None = Field(None, description="Where the bearer token is read (auth bearer).")
+    verify: bool = Field(
+        True, description="Verify the server's HTTPS certificate and host name; false only for tests."
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle that signed the server's certificate; null: requests' bundle (certifi, "
+        "or REQUESTS_CA_BUNDLE).",
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, le=600, description="Seconds to connect or to wait for an answer; null: send_timeout_s."
+    )
+    instances_per_request: int = Field(
+        50, ge=1, le=1000, description="Instances per STOW-RS request (each held in memory while sent)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _plain_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http(s) URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("the URL holds credentials; give them with auth, username, password or token")
+        if parts.query or parts.fragment:
+            raise ValueError("the URL is the service's base URL: no query or fragment")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials_fit_auth(self) -> DicomWebTarget:
+        given = {name for name in ("username", "password", "token") if getattr(self, name) is not None}
+        needed = {"none": set(), "basic": {"username", "password"}, "bearer": {"token"}}[self.auth]
+        if given != needed:
+            wants = ", ".join(sorted(needed)) or "no credentials"
+            raise ValueError(f"auth {self.auth} takes {wants}; got {', '.join(sorted(given)) or 'none'}")
+        if self.ca_file is not None and not self.verify:
+            raise ValueError("ca_file is set but verify is false: certificates would not be checked")
+        return self
+
+    def verification(self) -> str | bool:
+        """requests' ``verify`` for each request: the CA file, or whether to verify at all.
+
+        Passed per request because a session's own ``verify`` loses to REQUESTS_CA_BUNDLE.
+        """
+        return str(self.ca_file) if self.ca_file is not None else self.verify
+
+    def session(self) -> requests.Session:
+        """A session with this service's credentials and certificate checks (reads the secrets now)."""
+        session = requests.Session()
+        session.headers["Accept"] = "application/dicom+json"
+        if self.auth == "basic":
+            assert self.username is not None and self.password is not None
+            session.auth = (self.username, self.password.read())
+        elif self.auth == "bearer":
+            assert self.token is not None
+            session.headers["Authorization"] = f"Bearer {self.token.read()}"
+        return session
+
+
+class DicomWebDestination(BaseModel):
+    """A destination reached over DICOMweb (STOW-RS) rather than DIMSE."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dicomweb: DicomWebTarget = Field(description="The DICOMweb service that receives derived series.")
+
+    @property
+    def key(self) -> str:
+        """How the outbox names this destination: its URL (which never holds credentials)."""
+        return self.dicomweb.url
+
+
+def _kind(value: Any) -> str:
+    """Which kind of destination a YAML mapping (or a model) is: one with ``dicomweb`` is DICOMweb."""
+    if isinstance(value, dict):
+        return "dicomweb" if "dicomweb" in value else "dimse"
+    return "dicomweb" if isinstance(value, DicomWebDestination) else "dimse"
+
+
+#: A route's destination: a DIMSE peer (ae_title, host, port) or a DICOMweb service (dicomweb: {url}).
+AnyDestination = Annotated[
+    Annotated[Destination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_kind),
+]
+_DESTINATION: TypeAdapter[AnyDestination] = TypeAdapter(AnyDestination)
+
+
+def parse_destination(stored: str) -> Destination | DicomWebDestination:
+    """A destination from the JSON an outbox row keeps."""
+    return _DESTINATION.validate_json(stored)
+
+
+class _NotNow(Exception):
+    """A request that failed as a whole for now (no connection, a timeout, a 5xx): tried again later."""
+
+
+def stow_files(
+    paths: list[Path],
+    destination: DicomWebDestination,
+    attempts: int = 3,
+    backoff_s: float = 2.0,
+    timeout_s: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+    on_result: Callable[[SendResult], None] | None = None,
+) -> list[SendResult]:
+    """Post ``paths`` with STOW-RS; retry what was not answered, with exponential backoff.
+
+    The contract of :func:`scp_server.sender.send_files`: ``on_result`` hears each
+    instance's outcome as it comes, and each failed attempt for every instance it
+    left unsent. ``timeout_s`` applies where the destination sets none.
+    """
+    target = destination.dicomweb
+    uids = {path: _sop_instance_uid(path) for path in paths}
+    results: dict[Path, SendResult] = {}
+
+    def note(result: SendResult) -> None:
+        results[result.path] = result
+        if on_result is not None:
+            on_result(result)
+
+    try:
+        session = target.session()
+    except CredentialsMissing as exc:  # nothing can be sent until the configuration is fixed
+        log.error("send to %s: credentials: %s", destination.key, exc)
+        for path in paths:
+            note(SendResult(path, uids[path], None, f"credentials: {exc}", refused_outright=True))
+        return [results[path] for path in paths]
+    pending = list(paths)
+    with session:
+        for attempt in range(attempts):
+            if attempt:
+                sleep(backoff_s * 2 ** (attempt - 1))
+            pending = _attempt(session, target, pending, uids, target.timeout_s or timeout_s, note)
+            if not pending:
+                break
+            log.warning(
+                "send to %s: %d instance(s) not stored (attempt %d of %d): %s",
+                destination.key,
+                len(pending),
+                attempt + 1,
+                attempts,
+                results[pending[0]].error,
+            )
+    log.info(
+        "send to %s: %d delivered, %d refused, %d undelivered",
+        destination.key,
+        sum(r.delivered for r in results.values()),
+        sum(r.refused for r in results.values()),
+        len(pending),
+    )
+    return [results[path] for path in paths]
+
+
+def _attempt(
+    session: requests.Session,
+    target: DicomWebTarget,
+    paths: list[Path],
+    uids: dict[Path, str],
+    timeout_s: float,
+    note: Callable[[SendResult], None],
+) -> list[Path]:
+    """Post ``paths`` in chunks; returns those to try again. A chunk failing as a whole ends the attempt."""
+    still_pending: list[Path] = []
+    for start in range(0, len(paths), target.instances_per_request):
+        chunk = paths[start : start + target.instances_per_request]
+        try:
+            answers = _post(session, target, chunk, uids, timeout_s)
+        except _NotNow as exc:
+            for path in paths[start:]:
+                note(SendResult(path, uids[path], None, str(exc)))
+            return still_pending + paths[start:]
+        for result in answers:
+            note(result)
+            if not (result.delivered or result.refused):
+                still_pending.append(result.path)
+    return still_pending
+
+
+def _post(
+    session: requests.Session,
+    target: DicomWebTarget,
+    paths: list[Path],
+    uids: dict[Path, str],
+    timeout_s: float,
+) -> list[SendResult]:
+    """One STOW-RS request; each instance's outcome, or :class:`_NotNow`."""
+    parts = [path.read_bytes() for path in paths]
+    boundary = _boundary(parts)
+    try:
+        response = session.post(
+            f"{target.url}/studies",
+            data=_multipart(parts, boundary),
+            headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+            timeout=timeout_s,
+            verify=target.verification(),
+        )
+    except (requests.RequestException, OSError) as exc:  # OSError: an unreadable ca_file
+        raise _NotNow(printable(_why(exc, timeout_s), 300)) from exc
+    answer = f"HTTP {response.status_code} {printable(response.reason or '', 60)}".rstrip()
+    if response.status_code >= 500 or response.status_code in TRANSIENT_HTTP:
+        raise _NotNow(answer)
+    failed, stored = _listed(response)
+    return [_outcome(path, uids[path], response.status_code, answer, failed, stored) for path in paths]
+
+
+def _why(exc: Exception, timeout_s: float) -> str:
+    """What went wrong with a request that got no answer, without urllib3's wrapping."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {timeout_s:g} s"
+    reason = exc.args[0] if exc.args else exc
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError says why in .reason
+    kind = "TLS" if isinstance(exc, requests.exceptions.SSLError) else "no connection"
+    return f"{kind}: {reason}"
+
+
+def _outcome(
+    path: Path,
+    uid: str,
+    http_status: int,
+    answer: str,
+    failed: dict[str, int | None],
+    stored: dict[str, int | None],
+) -> SendResult:
+    """What the answer says of one instance: listed as failed, listed as stored, or only the HTTP status."""
+    if uid in failed:
+        reason = failed[uid]
+        if reason is None:
+            return SendResult(path, uid, None, f"{answer}: failed, no reason given", refused_outright=True)
+        return SendResult(path, uid, reason, f"{answer}: failure reason 0x{reason:04X}")
+    if uid in stored:
+        warning = stored[uid]
+        return SendResult(path, uid, warning if warning in DELIVERED else 0x0000)
+    if http_status == 200:
+        return SendResult(path, uid, 0x0000)
+    if 200 <= http_status < 300:
+        return SendResult(path, uid, None, f"{answer}: instance not in the answer")
+    return SendResult(path, uid, None, answer, refused_outright=True)
+
+
+def _listed(response: requests.Response) -> tuple[dict[str, int | None], dict[str, int | None]]:
+    """SOP Instance UIDs of the answer's Failed SOP Sequence (with failure reasons) and Referenced
+    SOP Sequence (with warning reasons); empty when the answer is not DICOM JSON."""
+    try:
+        body = response.json()
+        if isinstance(body, list) and len(body) == 1:
+            body = body[0]
+        answer = pydicom.Dataset.from_json(body)
+    except (ValueError, TypeError, KeyError, AttributeError):  # no body, HTML, XML, or JSON of another shape
+        return {}, {}
+
+    def by_uid(sequence: str, reason: str) -> dict[str, int | None]:
+        items = answer.get(sequence) or []
+        return {
+            str(item.ReferencedSOPInstanceUID): _int_or_none(item.get(reason))
+            for item in items
+            if "ReferencedSOPInstanceUID" in item
+        }
+
+    return by_uid("FailedSOPSequence", "FailureReason"), by_uid("ReferencedSOPSequence", "WarningReason")
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _boundary(parts: list[bytes]) -> str:
+    """A random boundary that occurs in none of the parts."""
+    while True:
+        boundary = f"n2d-{secrets.token_hex(16)}"
+        if not any(boundary.encode() in part for part in parts):
+            return boundary
+
+
+def _multipart(parts: list[bytes], boundary: str) -> bytes:
+    """A ``multipart/related`` body (RFC 2387) of ``application/dicom`` parts, with its length known
+    (some servers take no chunked request bodies)."""
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    return b"".join(head + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+
+
+def _sop_instance_uid(path: Path) -> str:
+    header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    return str(header.SOPInstanceUID)

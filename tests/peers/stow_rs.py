@@ -1,0 +1,106 @@
+"""A STOW-RS receiver on loopback (http.server, optionally over TLS) whose answers a test chooses.
+
+It splits each request's ``multipart/related`` body on the boundary its Content-Type names,
+reads every part with pydicom, and records what came (path, headers, SOP Instance UIDs, the
+parts' bytes); ``answer`` decides the HTTP status and the DICOM JSON body from the UIDs.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
+
+import pydicom
+
+#: (HTTP status, DICOM JSON body or None) for the SOP Instance UIDs of one request.
+Answer = Callable[[list[str]], tuple[int, dict | None]]
+
+
+def stored(uids: list[str]) -> tuple[int, dict | None]:
+    """200 with every instance in the Referenced SOP Sequence."""
+    return 200, {"00081199": {"vr": "SQ", "Value": [referenced(uid) for uid in uids]}}
+
+
+def referenced(uid: str, **reason: int) -> dict:
+    """One item of a Referenced or Failed SOP Sequence; ``failure=0xC000`` or ``warning=0xB000``."""
+    item = {
+        "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
+        "00081155": {"vr": "UI", "Value": [uid]},
+    }
+    for name, code in reason.items():
+        item["00081197" if name == "failure" else "00081196"] = {"vr": "US", "Value": [code]}
+    return item
+
+
+@dataclass
+class Request:
+    path: str
+    headers: dict[str, str]
+    uids: list[str]
+    parts: list[bytes]
+
+
+@dataclass
+class StowPeer:
+    """The server, what it received, and the answer it gives (replace ``answer`` to change it)."""
+
+    answer: Answer = stored
+    requests: list[Request] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.server_address[1]
+
+    def start(self, tls: ssl.SSLContext | None = None) -> StowPeer:
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                parts = split_multipart(body, self.headers["Content-Type"])
+                uids = [str(pydicom.dcmread(BytesIO(part)).SOPInstanceUID) for part in parts]
+                peer.requests.append(Request(self.path, dict(self.headers), uids, parts))
+                status, answer = peer.answer(uids)
+                payload = json.dumps(answer).encode() if answer is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def split_multipart(body: bytes, content_type: str) -> list[bytes]:
+    """The parts' contents of a ``multipart/related; type="application/dicom"`` body (RFC 2046)."""
+    params = dict(item.strip().split("=", 1) for item in content_type.split(";")[1:] if "=" in item)
+    assert content_type.split(";")[0].strip() == "multipart/related", content_type
+    assert params["type"].strip('"') == "application/dicom", content_type
+    delimiter = b"--" + params["boundary"].strip('"').encode()
+    assert body.rstrip(b"\r\n").endswith(delimiter + b"--"), "no closing delimiter"
+    parts = []
+    for chunk in body.split(b"\r\n" + delimiter)[:-1]:
+        chunk = chunk.removeprefix(delimiter)
+        headers, _, content = chunk.partition(b"\r\n\r\n")
+        assert b"content-type: application/dicom" in headers.lower(), headers
+        parts.append(content)
+    return parts
