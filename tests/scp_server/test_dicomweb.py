@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydantic import ValidationError
 
-from scp_server.config import NodeSettings
+from scp_server.config import NodeSettings, load_settings
 from scp_server.dicomweb import DicomWebDestination, parse_destination, stow_files
 from scp_server.outbox import Outbox, destination_key
 from tests.conftest import free_port
@@ -191,3 +191,13 @@ def test_a_destination_is_dimse_or_dicomweb_and_its_url_holds_no_credentials():
     ]:
         with pytest.raises(ValidationError, match=why):
             web(**bad)
+
+
+def test_the_commented_example_config_loads_with_both_kinds_of_destination():
+    example = Path(__file__).resolve().parents[2] / "config" / "dicomweb.yaml"
+    destinations = load_settings(example).routes[0].destinations
+    assert [destination_key(d) for d in destinations] == [
+        "https://pacs.example.org/dicom-web",
+        "https://research.example.org/dicomweb",
+        "VIEWER@viewer.example.org:104",
+    ]
