@@ -1,9 +1,12 @@
-"""Shared fixtures: a CPU device, few-iteration settings and a small noisy phantom."""
+"""Shared fixtures: a CPU device, few-iteration settings, a small noisy phantom, a PACS.
+
+Tests marked ``gpu`` are skipped, with the reason, where torch sees no CUDA GPU. Plain helpers
+(``free_port``, ``dcmtk``, ``N2D``) live in :mod:`tests.helpers`; they are imported here too for
+test modules that still import them from this one.
+"""
 
 from __future__ import annotations
 
-import shutil
-import socket
 import time
 
 import numpy as np
@@ -15,6 +18,19 @@ from pynetdicom.sop_class import CTImageStorage
 
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom
+from tests.helpers import dcmtk, free_port
+
+__all__ = ["dcmtk", "free_port"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``gpu`` where there is no CUDA GPU, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -37,20 +53,6 @@ def phantom() -> np.ndarray:
 @pytest.fixture(scope="session")
 def noisy_phantom(phantom: np.ndarray) -> np.ndarray:
     return add_noise(phantom, "gaussian", seed=1)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def dcmtk(tool: str) -> str:
-    """Path of a dcmtk command-line tool (pynetdicom installs look-alikes into the venv's bin)."""
-    path = shutil.which(tool, path="/usr/bin:/usr/local/bin")
-    assert path, f"dcmtk's {tool} not found: apt-get install dcmtk"
-    return path
 
 
 @pytest.fixture

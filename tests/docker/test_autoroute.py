@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker.test_images import ROOT
+from tests.docker.dockerfiles import ROOT
+
+pytestmark = pytest.mark.slow  # runs Orthanc and the node in a network namespace
 
 
 def test_orthanc_routes_stable_series_to_the_node_and_keeps_back_the_series_the_node_derived(

@@ -15,7 +15,7 @@ import yaml
 
 from scp_server.config import NodeSettings, load_settings
 from tests.docker.autoroute_scenario import orthanc_settings
-from tests.docker.test_images import DOCKER, DOCKERFILES, ROOT, final_stage
+from tests.docker.dockerfiles import DOCKER, DOCKERFILES, ROOT, final_stage
 
 SERVICES: dict = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
 NODE_CONFIG = ROOT / "config" / "node-docker.yaml"

@@ -18,12 +18,9 @@ from pathlib import Path
 import pytest
 
 import n2d_dicom
+from tests.docker.dockerfiles import DOCKER, DOCKERFILES, ROOT, final_stage, instructions
+from tests.helpers import free_port
 from tests.integration.orthanc_scenario import listening, wait
-from tests.scp_server.test_scp import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-DOCKER = ROOT / "docker"
-DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cuda"]
 
 
 def dev_tool(name: str) -> str:
@@ -31,23 +28,6 @@ def dev_tool(name: str) -> str:
     path = Path(sys.executable).with_name(name)
     assert path.exists(), f"{name} not found beside {sys.executable}: pip install -e '.[dev]'"
     return str(path)
-
-
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments left out."""
-    text = dockerfile.read_text().replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines()]
-    return [
-        (keyword.upper(), arguments.strip())
-        for keyword, _, arguments in (line.partition(" ") for line in lines if line and line[0] != "#")
-    ]
-
-
-def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
-    """The instructions after the last FROM: the image that runs."""
-    steps = instructions(dockerfile)
-    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
-    return steps[last_from + 1 :]
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,10 +14,7 @@ import yaml
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.conftest import dcmtk
-from tests.scp_server.test_scp import free_port
-
-N2D = Path(sys.executable).with_name("n2d")
+from tests.helpers import N2D, dcmtk, free_port
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:

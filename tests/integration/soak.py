@@ -61,7 +61,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from scp_server.tools.load import start_pacs, synthetic_series
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 N2D = Path(sys.executable).with_name("n2d")
 #: Faults injected over time, in turn.

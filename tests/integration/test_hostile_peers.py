@@ -24,9 +24,11 @@ import yaml
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.integration.conftest import N2D, send_series, start_node, stop_node, wait_until, write_config
 from tests.n2d_dicom.conftest import write_ct_series
+
+pytestmark = pytest.mark.slow  # every test starts the node (n2d serve) or its peers in processes of their own
 
 ROOT = Path(__file__).parents[2]
 

@@ -3,8 +3,12 @@
 import json
 import subprocess
 
+import pytest
+
+from tests.helpers import free_port
 from tests.integration.conftest import N2D, start_node, stop_node, write_config
-from tests.scp_server.test_scp import free_port
+
+pytestmark = pytest.mark.slow  # every test starts the node (n2d serve) or its peers in processes of their own
 
 
 def test_load_sends_every_series_gets_each_back_and_reports_the_figures(tmp_path):

@@ -19,6 +19,8 @@ from tests.integration.conftest import (
 )
 from tests.n2d_dicom.conftest import write_ct_series
 
+pytestmark = pytest.mark.slow  # every test starts the node (n2d serve) or its peers in processes of their own
+
 
 @pytest.fixture
 def node(tmp_path, pacs):

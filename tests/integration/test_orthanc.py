@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test starts the node (n2d serve) or its peers in processes of their own
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -10,11 +10,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import yaml
 
 from scp_server.tracker import SeriesTracker
 from tests.integration.conftest import N2D, send_with_pynetdicom, start_node, stop_node, write_config
 from tests.n2d_dicom.conftest import write_ct_series
+
+pytestmark = pytest.mark.slow  # every test starts the node (n2d serve) or its peers in processes of their own
 
 SERIES = 10
 

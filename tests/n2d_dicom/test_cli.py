@@ -1,17 +1,19 @@
 """The ``n2d`` command as a user runs it: the installed console script, in a subprocess."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
+from n2d_dicom.pipeline import denoise_nifti
+from n2d_dicom.settings import N2DSettings
+from tests.helpers import N2D
 from tests.n2d_dicom.conftest import write_ct_series
 
-#: The console script pip installed beside the interpreter running the tests.
-N2D = Path(sys.executable).with_name("n2d")
+pytestmark = pytest.mark.slow  # every test starts the n2d console script
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,13 +39,33 @@ def test_denoise_writes_the_output_and_reports_a_summary(volume, tmp_path):
     assert nib.load(out).shape == (16, 16, 2)
 
 
-def test_noise_and_early_stop_options_reach_the_engine(volume, tmp_path):
+def test_noise_and_early_stop_options_reach_the_engine(tmp_path):
+    """The command writes what the engine makes with exactly the settings asked for, not the defaults."""
+    source = tmp_path / "ct.nii.gz"
+    rng = np.random.default_rng(0)
+    # 8 slices: per-series early stopping then holds one in 8 out of training, so the flag shows.
+    nib.save(nib.Nifti1Image((1000 + rng.normal(0, 100, (16, 16, 8))).astype(np.int16), np.eye(4)), source)
     out = tmp_path / "ct_n2d.nii.gz"
     args = ("--iterations", "3", "--device", "cpu", "--no-progress", "--mode", "per-series")
-    result = run("denoise", str(volume), str(out), *args, "--noise", "correlated", "--no-early-stop")
+    result = run("denoise", str(source), str(out), *args, "--noise", "correlated", "--no-early-stop")
     assert result.returncode == 0, result.stderr
-    assert nib.load(out).shape == (16, 16, 2)
-    wrong = run("denoise", str(volume), str(out), *args, "--noise", "pink")
+    assert "sampling stride 2" in result.stdout  # correlated: at least 2, where white noise measures 1
+
+    asked = N2DSettings(iterations=3, mode="per-series", noise="correlated", early_stop=False)
+    engine_made = {}
+    for name, settings in {
+        "asked": asked,
+        "early stop on": asked.model_copy(update={"early_stop": True}),
+        "noise auto": asked.model_copy(update={"noise": "auto"}),
+    }.items():
+        denoise_nifti(source, tmp_path / f"{name}.nii.gz", settings, torch.device("cpu"))
+        engine_made[name] = np.asarray(nib.load(tmp_path / f"{name}.nii.gz").dataobj)
+    written = np.asarray(nib.load(out).dataobj)
+    np.testing.assert_array_equal(written, engine_made["asked"])
+    assert not np.array_equal(written, engine_made["early stop on"])
+    assert not np.array_equal(written, engine_made["noise auto"])
+
+    wrong = run("denoise", str(source), str(out), *args, "--noise", "pink")
     assert wrong.returncode != 0 and "pink" in wrong.stderr
 
 

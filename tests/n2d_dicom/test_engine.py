@@ -10,11 +10,13 @@ from n2d_dicom.engine import (
     _unshuffle_to_batch,
     denoise_slices,
     diagonal_downsamples,
+    first_estimate,
     new_networks,
     random_crops,
     refine,
     stage1_loss,
     stage3_loss,
+    train,
 )
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.settings import N2DSettings
@@ -92,6 +94,7 @@ def test_refine_with_an_identity_network_returns_the_image():
     torch.testing.assert_close(refine(zero_noise, y, y, "fp32"), y)
 
 
+@pytest.mark.slow
 def test_denoising_a_noisy_phantom_gains_psnr(phantom, noisy_phantom, fast_settings, cpu):
     noisy = torch.from_numpy(noisy_phantom[:1].astype(np.float32))
     out = denoise_slices(noisy, fast_settings, cpu).numpy().astype(np.float64)
@@ -100,6 +103,7 @@ def test_denoising_a_noisy_phantom_gains_psnr(phantom, noisy_phantom, fast_setti
     assert after > before + 2
 
 
+@pytest.mark.slow
 def test_per_series_mode_denoises_every_slice(phantom, noisy_phantom, fast_settings, cpu):
     settings = fast_settings.model_copy(update={"mode": "per-series"})
     out = denoise_slices(torch.from_numpy(noisy_phantom.astype(np.float32)), settings, cpu).numpy()
@@ -138,10 +142,15 @@ def test_images_smaller_than_8_pixels_are_refused(cpu):
 
 def test_stage1_pipeline_stops_after_the_first_network(noisy_phantom, cpu):
     x = torch.from_numpy(noisy_phantom[:1].astype(np.float32))
-    settings = N2DSettings(iterations=5, channels=8)
+    # White noise, no Anscombe, no non-local means, no Wiener step: nothing runs around the networks.
+    settings = N2DSettings(iterations=5, channels=8, noise="white", anscombe="off", nlm_blend=0, wiener=False)
     stage1 = denoise_slices(x, settings.model_copy(update={"pipeline": "stage1"}), cpu)
-    full = denoise_slices(x, settings, cpu)
-    assert not torch.equal(stage1, full)
+    # Stage 1 by hand: the first network trained alone, and its estimate d1.
+    images = x.unsqueeze(0)  # (N=1, K=1 network, H, W)
+    f = new_networks([settings.seed], settings, cpu)
+    train(f, stage1_loss, lambda: (images, images), settings, cpu)  # in place
+    torch.testing.assert_close(stage1, first_estimate(f, images, settings.precision)[0], rtol=0, atol=0)
+    assert not torch.equal(stage1, denoise_slices(x, settings, cpu))  # the n2d pipeline goes on past d1
 
 
 def test_random_crops_take_the_same_even_aligned_window_of_inputs_and_targets():
@@ -159,6 +168,7 @@ def test_random_crops_take_the_same_even_aligned_window_of_inputs_and_targets():
     assert whole.shape == (2, 1, 20, 24)
 
 
+@pytest.mark.slow
 def test_per_series_mode_on_crops_denoises_larger_slices(cpu):
     clean = ellipsoid_phantom(3, 96)
     noisy = add_noise(clean, "gaussian", seed=3)
@@ -190,6 +200,7 @@ def test_held_out_slices_are_every_eighth_and_never_trained_on():
     assert _held_out_split(20, early_stop=False) == (list(range(20)), [])
 
 
+@pytest.mark.slow
 def test_per_series_with_early_stop_still_denoises(cpu):
     clean = ellipsoid_phantom(8, 96, supersample=2)
     noisy = add_noise(clean, "gaussian", seed=4)

@@ -36,6 +36,7 @@ def test_the_blend_weighs_the_estimate_image_by_image():
     torch.testing.assert_close(blend_nlm(noisy, denoised, 0.25), 0.75 * denoised + 0.25 * estimate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["gaussian", "correlated"])
 def test_non_local_means_in_stage_two_improves_n2d(mr, noise):
     settings = N2DSettings(iterations=150, channels=16, wiener=False)  # N2D's own output

@@ -58,6 +58,7 @@ def test_sub_images_keep_at_least_eight_pixels_a_side():
     assert sampling_stride(x, N2DSettings(noise="correlated")) == 2
 
 
+@pytest.mark.slow
 def test_decorrelated_n2d_removes_correlated_noise_the_paper_pipeline_keeps():
     clean = real_crop("693_UNCI.dcm", 96)  # a real CT slice
     x = noisy(clean, "correlated").float()

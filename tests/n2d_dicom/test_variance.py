@@ -78,6 +78,7 @@ def test_inverse_of_the_expected_transform_is_the_mean_without_the_algebraic_bia
     assert gat.forward(ends).tolist() == pytest.approx([0.0, 1.0])
 
 
+@pytest.mark.slow
 def test_n2d_with_the_transform_denoises_poisson_noise(mr):
     x = noisy(mr, "poisson").float()
     reports: list[Measured] = []

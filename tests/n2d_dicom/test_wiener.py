@@ -108,6 +108,7 @@ def test_the_residual_spectrum_sees_where_correlated_noise_lies():
     assert spectrum[0, 0] > 20 * spectrum[7, 7]  # a low-pass kernel: low frequencies carry the noise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["gaussian", "correlated"])
 def test_the_wiener_step_improves_n2d(mr, noise):
     settings = N2DSettings(iterations=150, channels=16)
@@ -118,6 +119,7 @@ def test_the_wiener_step_improves_n2d(mr, noise):
     assert psnr(mr, refined) > psnr(mr, alone) + 1.0
 
 
+@pytest.mark.slow
 def test_the_engine_runs_without_pywavelets():
     """scikit-image's sigma estimate needs PyWavelets, which the node does not install."""
     script = (

@@ -13,7 +13,7 @@ from scp_server.sender import Destination, SendResult
 from scp_server.spool import StoredInstance
 from scp_server.stores import Stores
 from scp_server.tasks import Jobs, make_queue
-from tests.n2d_dicom.test_cli import N2D
+from tests.helpers import N2D
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
 
@@ -104,6 +104,7 @@ def test_status_reports_states_errors_and_latencies(stores, settings):
     assert status.recent_runs.count == 1 and status.recent_runs.processing_s is not None
 
 
+@pytest.mark.slow
 def test_status_and_retry_commands_read_the_node_spool(stores, settings, tmp_path):
     received_and_done(stores, "1.1", error="ValueError: bad pixels")
     config = tmp_path / "node.yaml"
@@ -124,6 +125,7 @@ def test_status_and_retry_commands_read_the_node_spool(stores, settings, tmp_pat
     assert stores.tracker.state("1.1") == ("queued", 1)
 
 
+@pytest.mark.slow
 def test_node_commands_refuse_a_config_without_a_spool_and_purge_without_a_target(tmp_path):
     config = tmp_path / "node.yaml"
     config.write_text(yaml.safe_dump({"spool_dir": str(tmp_path / "nowhere")}))

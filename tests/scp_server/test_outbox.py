@@ -8,7 +8,7 @@ import pytest
 
 from scp_server.outbox import MISSING, Outbox, destination_key
 from scp_server.sender import Destination, DestinationTLS, SendResult
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.n2d_dicom.conftest import data_file
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)

@@ -15,7 +15,7 @@ from scp_server.outbox import destination_key
 from scp_server.spool import instance_of
 from scp_server.stores import Stores
 from scp_server.tasks import SeriesProcessor, plan_run
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.n2d_dicom.conftest import write_ct_series
 
 CALLER = "CT01"

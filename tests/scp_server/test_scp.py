@@ -16,10 +16,9 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTDoseStorage, 
 from scp_server.config import NodeSettings
 from scp_server.scp import start_scp
 from scp_server.spool import Spool
-from tests.conftest import dcmtk, free_port
+from tests.helpers import CALLER, dcmtk, free_port
 from tests.n2d_dicom.conftest import data_file, write_ct_series
-
-CALLER = "STORESCU"
+from tests.scp_server.raw_dicom import raw_associate, raw_store
 
 
 @pytest.fixture
@@ -84,6 +83,7 @@ def test_pynetdicom_store_is_acknowledged_once_on_disk_and_indexed(node):
     assert stored.PixelData == source.PixelData
 
 
+@pytest.mark.slow
 def test_dcmtk_storescu_sends_a_multi_slice_series(node, tmp_path):
     settings, spool = node
     folder = tmp_path / "series"
@@ -95,11 +95,13 @@ def test_dcmtk_storescu_sends_a_multi_slice_series(node, tmp_path):
     assert len(spool.series_files(uid)) == 4
 
 
+@pytest.mark.slow
 def test_dcmtk_echoscu_is_answered(node):
     settings, _ = node
     assert run_dcmtk("echoscu", settings).returncode == 0
 
 
+@pytest.mark.slow
 def test_unknown_calling_ae_is_rejected(node):
     settings, _ = node
     assert run_dcmtk("echoscu", settings, calling="INTRUDER").returncode != 0
@@ -283,6 +285,7 @@ def lax_store(settings: NodeSettings, *datasets: pydicom.Dataset, folder: Path) 
     return [None if line == "none" else int(line, 16) for line in sent.stdout.split()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keyword, uid", INVALID_UIDS.values(), ids=INVALID_UIDS.keys())
 def test_an_invalid_uid_is_refused_with_c211_and_quarantined_never_stored(node, keyword, uid, tmp_path):
     """Findings 4 and 5: invalid UIDs were stored (even as dot-files and outside the spool) or got 0xA700."""
@@ -365,8 +368,6 @@ def test_deflated_transfer_syntax_is_not_accepted(node):
 
 def test_a_dataset_that_is_not_the_instance_the_request_announced_is_refused(node):
     """Found by an adversarial review: the peer believed instance X stored when Y was."""
-    from tests.scp_server.test_transport import raw_associate, raw_store  # it imports this module
-
     settings, spool = node
     source = pydicom.dcmread(data_file("CT_small.dcm"))
     sock = raw_associate(settings.port)

@@ -10,9 +10,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from scp_server.sender import Destination, DestinationTLS, send_files
-from tests.conftest import dcmtk
+from tests.helpers import dcmtk, free_port
 from tests.n2d_dicom.conftest import data_file, write_ct_series
-from tests.scp_server.test_scp import free_port
 
 
 def receiver(port: int, statuses: dict[str, int] | None = None, tls: ssl.SSLContext | None = None):
@@ -51,6 +50,7 @@ def test_all_files_are_delivered_to_a_pynetdicom_receiver(series_files):
     assert sorted(received) == sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in series_files)
 
 
+@pytest.mark.slow
 def test_dcmtk_storescp_receives_the_files(series_files, tmp_path):
     binary = dcmtk("storescp")
     port, incoming = free_port(), tmp_path / "incoming"

@@ -12,7 +12,7 @@ import pytest
 from scp_server.config import NodeSettings
 from scp_server.service import HTTPServer, Node
 from scp_server.tracker import DueSeries
-from tests.scp_server.test_scp import free_port
+from tests.helpers import free_port
 
 
 @pytest.fixture

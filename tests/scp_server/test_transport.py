@@ -17,117 +17,32 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import decode, encode
 from pynetdicom.events import Event
-from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from scp_server.config import NodeSettings, TLSSettings
 from scp_server.scp import build_ae, start_scp
 from scp_server.spool import Spool
 from scp_server.transport import NodeServer, serve
+from tests.helpers import CALLER, free_port
 from tests.n2d_dicom.conftest import data_file
-from tests.scp_server.test_scp import CALLER, free_port
+from tests.scp_server.raw_dicom import (
+    PATIENCE_S,
+    association_request,
+    command_pdu,
+    pdu,
+    raw_associate,
+    raw_store,
+    read_pdu,
+)
 
-#: Upper bound on any wait in these tests; reaching it means the behaviour is missing, not slow.
-PATIENCE_S = 15.0
 LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), diagnostic
-
-# --- raw DICOM upper layer -------------------------------------------------------------------------
-
-
-def pdu(pdu_type: int, body: bytes) -> bytes:
-    return struct.pack(">BBL", pdu_type, 0, len(body)) + body
-
-
-def item(item_type: int, body: bytes) -> bytes:
-    return struct.pack(">BBH", item_type, 0, len(body)) + body
-
-
-def association_request(calling: str = CALLER, called: str = "N2D", padding: int = 0) -> bytes:
-    """An A-ASSOCIATE-RQ proposing CT Image Storage in Implicit VR Little Endian as context 1.
-
-    ``padding`` adds made-up transfer syntaxes to that context, about 40 bytes each.
-    """
-    syntaxes = [ImplicitVRLittleEndian] + [f"1.2.826.0.1.3680043.9.7433.9.{n}" for n in range(padding)]
-    proposed = b"".join(item(0x40, uid.encode()) for uid in syntaxes)
-    context = bytes([1, 0, 0, 0]) + item(0x30, CTImageStorage.encode()) + proposed
-    user = item(0x51, struct.pack(">L", 16384)) + item(0x52, b"1.2.826.0.1.3680043.9.7433.1")
-    body = (
-        struct.pack(">HH", 1, 0)
-        + called.ljust(16).encode()
-        + calling.ljust(16).encode()
-        + bytes(32)
-        + item(0x10, b"1.2.840.10008.3.1.1.1")
-        + item(0x20, context)
-        + item(0x50, user)
-    )
-    return pdu(0x01, body)
-
-
-def receive_exactly(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise ConnectionError(f"peer closed after {len(data)} of {count} bytes")
-        data += chunk
-    return data
-
-
-def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    pdu_type, _, length = struct.unpack(">BBL", receive_exactly(sock, 6))
-    return pdu_type, receive_exactly(sock, length)
-
-
-def raw_associate(port: int) -> socket.socket:
-    """A raw socket with an association established (A-ASSOCIATE-AC received)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
-    sock.sendall(association_request())
-    pdu_type, _ = read_pdu(sock)
-    assert pdu_type == 0x02, f"expected A-ASSOCIATE-AC, got PDU type {pdu_type:#04x}"
-    return sock
-
-
-def raw_store(
-    sock: socket.socket, dataset: pydicom.Dataset, message_id: int, announced: str | None = None
-) -> int:
-    """Send a C-STORE-RQ on presentation context 1 and return the status of its C-STORE-RSP.
-
-    ``announced`` is the Affected SOP Instance UID of the request (default: the dataset's).
-    """
-    request = C_STORE()
-    request.MessageID = message_id
-    request.AffectedSOPClassUID = dataset.SOPClassUID
-    request.AffectedSOPInstanceUID = announced or dataset.SOPInstanceUID
-    request.Priority = 2
-    encoded = encode(dataset, True, True)
-    assert encoded is not None
-    request.DataSet = BytesIO(encoded)
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    for primitive in message.encode_msg(1, 16382):
-        sock.sendall(P_DATA_TF(primitive).encode())
-    pdu_type, body = read_pdu(sock)
-    assert pdu_type == 0x04, f"expected P-DATA-TF, got PDU type {pdu_type:#04x}"
-    command = decode(BytesIO(body[6:]), True, True)  # item length (4), context (1), control header (1)
-    return int(command.Status)
-
-
-def command_pdu(command: bytes) -> bytes:
-    """A well-framed P-DATA-TF carrying ``command`` as the last fragment of a command set."""
-    value = bytes([1, 0x03]) + command  # presentation context 1, command + last fragment
-    return pdu(0x04, struct.pack(">L", len(value)) + value)
 
 
 def closed_by_peer(sock: socket.socket, within_s: float = PATIENCE_S, trickle: bool = False) -> bool:
@@ -307,6 +222,7 @@ def test_peer_a_abort_is_reported_aborted(listening):
     assert how == "aborted"
 
 
+@pytest.mark.slow
 def test_silent_peer_is_aborted_at_network_timeout_and_reported(tmp_path):
     settings = node_settings(tmp_path, network_timeout_s=1)
     recorder = Recorder()
@@ -320,6 +236,7 @@ def test_silent_peer_is_aborted_at_network_timeout_and_reported(tmp_path):
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_peer_stalling_inside_a_pdu_is_aborted_at_network_timeout(tmp_path):
     """A PDU header promising more than ever comes must not pin the association (pynetdicom reads
     the rest of a PDU on a blocking socket)."""
@@ -392,6 +309,7 @@ def peak_rss_kib(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 
 
+@pytest.mark.slow
 def test_huge_association_request_is_refused_without_buffering_it(tmp_path):
     """A-ASSOCIATE-RQ declaring 0xFFFFFFF0 bytes, followed by 64 MiB: the node's peak memory must
     not follow what an unauthenticated peer sends."""
@@ -478,6 +396,7 @@ def test_association_request_is_read_whole_up_to_the_limit(tmp_path, limit, acce
 # --- finding 7: negotiation has its own short timeout ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_connections_that_never_finish_negotiating_are_dropped_and_do_not_lock_peers_out(tmp_path, caplog):
     settings = node_settings(tmp_path, max_associations=2, acse_timeout_s=1)
     caplog.set_level(logging.WARNING, logger="scp_server.transport")
@@ -579,6 +498,7 @@ def test_max_associations_counts_negotiated_associations_not_connections(tmp_pat
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_simultaneous_requests_beyond_the_limit_get_exactly_the_limit(tmp_path):
     limit = 10
     settings = node_settings(tmp_path, max_associations=limit)
@@ -659,6 +579,7 @@ def send_until_closed(sock: socket.socket, megabytes: int) -> None:
     closed_by_peer(sock)
 
 
+@pytest.mark.slow
 def test_a_huge_p_data_pdu_after_acceptance_is_refused_without_buffering_it(tmp_path):
     """An accepted peer sent P-DATA-TF PDUs declaring 700 MiB: the node buffered each whole."""
     port = free_port()
