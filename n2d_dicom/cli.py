@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from n2d_dicom.batch import output_pairs
 from n2d_dicom.bids import Datatype
 from n2d_dicom.derive import DerivationSettings
 from n2d_dicom.devices import resolve_device
@@ -41,8 +42,60 @@ DERIVATION_FLAGS = {"series_description_suffix": "--description-suffix"}
 @app.command()
 @options_from(N2DSettings, "settings")
 def denoise(
-    source: Annotated[Path, typer.Argument(help="Input .nii or .nii.gz (2-D, 3-D or 4-D).")],
-    output: Annotated[Path, typer.Argument(help="Output .nii or .nii.gz; written atomically.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="IN OUT (.nii or .nii.gz, 2-D to 4-D); with --out-dir or --out-suffix, input files and "
+            "folders (searched recursively)."
+        ),
+    ],
+    settings: N2DSettings,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write each output here, named as its input; a folder's files keep their sub-folders."
+        ),
+    ] = None,
+    out_suffix: Annotated[
+        str | None,
+        typer.Option(
+            help="Add this before each output's .nii/.nii.gz (e.g. _n2d); beside the input without --out-dir."
+        ),
+    ] = None,
+    device: DeviceOption = "auto",
+    axis: Annotated[
+        int | None, typer.Option(help="Slice axis 0-2; default: the header's slice axis, else 2.")
+    ] = None,
+    progress: ProgressOption = True,
+    preview: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the middle slice's input, output and residual side by side to this PNG."
+        ),
+    ] = None,
+) -> None:
+    """Denoise NIfTI volumes slice by slice, keeping their header, affine, dtype and scaling.
+
+    IN OUT denoises one file; several inputs, or folders, take --out-dir and/or --out-suffix, which
+    name each output after its input. A file that fails is reported and the others go on; the exit
+    status is then 1.
+    """
+    pairs = guarded(lambda: output_pairs(paths, out_dir, out_suffix))
+    if preview is not None and len(pairs) > 1:
+        fail("--preview draws one input's slice; give it with one input")
+    failures = 0
+    for source, output in pairs:
+        try:
+            denoise_file(source, output, settings, device, axis, progress, preview)
+        except typer.Exit:  # fail() has said why on stderr
+            failures += 1
+    if failures:
+        raise typer.Exit(1)
+
+
+def denoise_file(
+    source: Path,
+    output: Path,
     settings: N2DSettings,
     device: DeviceOption = "auto",
     axis: Annotated[

@@ -100,6 +100,7 @@ def test_per_series_mode_and_progress_bar(volume, tmp_path):
         (["{volume}", "out.nii.gz", "--device", "tpu"], "unknown device 'tpu'"),
         (["{volume}", "out.nii.gz", "--device", "mps"], "device type 'mps' is not supported"),
         (["{volume}", "out.nii.gz", "--axis", "7"], "slice axis must be 0, 1 or 2"),
+        (["{volume}"], "1 path(s) given: give IN OUT, or inputs with --out-dir DIR and/or --out-suffix"),
     ],
 )
 def test_bad_input_gives_one_line_error_and_non_zero_exit(volume, tmp_path, args, message):
@@ -117,6 +118,24 @@ def test_tiny_images_are_refused(tmp_path):
     result = run("denoise", str(path), str(tmp_path / "o.nii"), "--no-progress")
     assert result.returncode == 1
     assert "tiny.nii: slices are 6x30 pixels" in result.stderr
+
+
+def test_several_inputs_are_named_after_themselves_and_a_bad_one_does_not_stop_the_rest(volume, tmp_path):
+    second = tmp_path / "more" / "mr.nii"
+    second.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(volume).dataobj)[:, :, :1], np.eye(4)), second)
+    broken = tmp_path / "more" / "broken.nii.gz"
+    broken.write_bytes(b"not a NIfTI image")
+    result = run(
+        "denoise", str(tmp_path), "--out-suffix", "_n2d", "--iterations", "2", "--mode", "per-series",
+        "--no-wiener", "--nlm-blend", "0", "--device", "cpu", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"n2d: error: {broken}: cannot read as NIfTI")
+    assert nib.load(tmp_path / "ct_n2d.nii.gz").shape == (16, 16, 2)
+    assert nib.load(tmp_path / "more" / "mr_n2d.nii").shape == (16, 16, 1)
+    assert f"{tmp_path / 'ct_n2d.nii.gz'}: denoised 2 slices" in result.stdout
+    assert not (tmp_path / "more" / "broken_n2d.nii.gz").exists()
 
 
 def test_demo_writes_noisy_and_denoised_volumes_and_reports_psnr(tmp_path):
