@@ -7,12 +7,14 @@ number per request, to ``{url}/studies`` as ``multipart/related;
 type="application/dicom"``. Each instance ends in the states C-STORE uses
 (see :mod:`scp_server.sender`):
 
-- delivered: stored (200, or listed in the answer's Referenced SOP Sequence);
+- delivered: listed in the answer's Referenced SOP Sequence, or not listed at all
+  in a 200 whose body is a STOW-RS answer (DICOM JSON);
 - refused: listed in the Failed SOP Sequence with a failure reason other than
   "out of resources" (0xA7xx), or the request answered with a 4xx (a wrong URL,
-  bad credentials): the destination has said no, so it is not retried;
-- undelivered: no connection, a timeout, a TLS failure, 408, 429 or a 5xx; the
-  outbox tries again later.
+  bad credentials) or a redirect (not followed): the destination has said no,
+  so it is not retried;
+- undelivered: no connection, a timeout, a TLS failure, 408, 429, a 5xx, or a
+  2xx that does not say the instance was stored; the outbox tries again later.
 
 Credentials are read from an environment variable or a file when a request is
 made, never from the YAML: the configuration, the run plans and the outbox rows
@@ -300,14 +302,15 @@ def _post(
             headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
             timeout=timeout_s,
             verify=target.verification(),
+            allow_redirects=False,  # a redirected POST comes back as a GET: a login page would "succeed"
         )
     except (requests.RequestException, OSError) as exc:  # OSError: an unreadable ca_file
         raise _NotNow(printable(_why(exc, timeout_s), 300)) from exc
     answer = f"HTTP {response.status_code} {printable(response.reason or '', 60)}".rstrip()
     if response.status_code >= 500 or response.status_code in TRANSIENT_HTTP:
         raise _NotNow(answer)
-    failed, stored = _listed(response)
-    return [_outcome(path, uids[path], response.status_code, answer, failed, stored) for path in paths]
+    listed = _listed(response)
+    return [_outcome(path, uids[path], response.status_code, answer, listed) for path in paths]
 
 
 def _why(exc: Exception, timeout_s: float) -> str:
@@ -325,10 +328,14 @@ def _outcome(
     uid: str,
     http_status: int,
     answer: str,
-    failed: dict[str, int | None],
-    stored: dict[str, int | None],
+    listed: tuple[dict[str, int | None], dict[str, int | None]] | None,
 ) -> SendResult:
-    """What the answer says of one instance: listed as failed, listed as stored, or only the HTTP status."""
+    """What the answer says of one instance: listed as failed, listed as stored, or only the HTTP status.
+
+    A 200 counts as stored only with a STOW-RS answer (DICOM JSON) in its body: a proxy's or a login
+    page's 200 must not mark instances delivered (retention would then delete their files).
+    """
+    failed, stored = listed or ({}, {})
     if uid in failed:
         reason = failed[uid]
         if reason is None:
@@ -337,23 +344,27 @@ def _outcome(
     if uid in stored:
         warning = stored[uid]
         return SendResult(path, uid, warning if warning in DELIVERED else 0x0000)
-    if http_status == 200:
+    if http_status == 200 and listed is not None:
         return SendResult(path, uid, 0x0000)
+    if http_status == 200:
+        return SendResult(path, uid, None, f"{answer} without a STOW-RS answer (DICOM JSON) in its body")
     if 200 <= http_status < 300:
         return SendResult(path, uid, None, f"{answer}: instance not in the answer")
     return SendResult(path, uid, None, answer, refused_outright=True)
 
 
-def _listed(response: requests.Response) -> tuple[dict[str, int | None], dict[str, int | None]]:
+def _listed(response: requests.Response) -> tuple[dict[str, int | None], dict[str, int | None]] | None:
     """SOP Instance UIDs of the answer's Failed SOP Sequence (with failure reasons) and Referenced
-    SOP Sequence (with warning reasons); empty when the answer is not DICOM JSON."""
+    SOP Sequence (with warning reasons); None when the body is not a DICOM JSON answer."""
     try:
         body = response.json()
         if isinstance(body, list) and len(body) == 1:
             body = body[0]
+        if not isinstance(body, dict):
+            return None
         answer = pydicom.Dataset.from_json(body)
     except (ValueError, TypeError, KeyError, AttributeError):  # no body, HTML, XML, or JSON of another shape
-        return {}, {}
+        return None
 
     def by_uid(sequence: str, reason: str) -> dict[str, int | None]:
         items = answer.get(sequence) or []

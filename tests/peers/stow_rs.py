@@ -17,11 +17,11 @@ from io import BytesIO
 
 import pydicom
 
-#: (HTTP status, DICOM JSON body or None) for the SOP Instance UIDs of one request.
-Answer = Callable[[list[str]], tuple[int, dict | None]]
+#: (HTTP status, DICOM JSON body, raw bytes or None) for the SOP Instance UIDs of one request.
+Answer = Callable[[list[str]], tuple[int, dict | bytes | None]]
 
 
-def stored(uids: list[str]) -> tuple[int, dict | None]:
+def stored(uids: list[str]) -> tuple[int, dict | bytes | None]:
     """200 with every instance in the Referenced SOP Sequence."""
     return 200, {"00081199": {"vr": "SQ", "Value": [referenced(uid) for uid in uids]}}
 
@@ -68,7 +68,9 @@ class StowPeer:
                 uids = [str(pydicom.dcmread(BytesIO(part)).SOPInstanceUID) for part in parts]
                 peer.requests.append(Request(self.path, dict(self.headers), uids, parts))
                 status, answer = peer.answer(uids)
-                payload = json.dumps(answer).encode() if answer is not None else b""
+                payload = (
+                    answer if isinstance(answer, bytes) else json.dumps(answer).encode() if answer else b""
+                )
                 self.send_response(status)
                 self.send_header("Content-Type", "application/dicom+json")
                 self.send_header("Content-Length", str(len(payload)))

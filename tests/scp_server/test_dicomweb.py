@@ -80,6 +80,16 @@ def test_a_4xx_answer_is_refused_and_not_retried(series_files, peer):
     assert len(peer.requests) == 1 and slept == []
 
 
+def test_a_200_without_a_stow_rs_answer_or_a_redirect_marks_nothing_delivered(series_files, peer):
+    peer.answer = lambda uids: (200, b"<html>Please log in</html>")
+    results = stow_files(series_files[:2], web(f"http://127.0.0.1:{peer.port}"), attempts=1)
+    assert not any(r.delivered or r.refused for r in results)
+    assert "without a STOW-RS answer" in (results[0].error or "")
+    peer.answer = lambda uids: (302, None)
+    results = stow_files(series_files[:2], web(f"http://127.0.0.1:{peer.port}"), attempts=1)
+    assert all(r.refused for r in results) and results[0].error == "HTTP 302 Found"
+
+
 def test_a_5xx_answer_is_retried_with_backoff_then_left_pending(series_files, peer):
     peer.answer = lambda uids: (503, None)
     slept: list[float] = []
