@@ -215,6 +215,13 @@ def _applicable(root: Path, image: BidsImage, extension: str) -> list[Path]:
     return found
 
 
+def companion_files(root: Path, image: BidsImage) -> dict[str, Path]:
+    """The files that travel with ``image`` unchanged (a DWI's ``.bval`` and ``.bvec``), by
+    extension: the nearest that applies by the inheritance principle."""
+    found = {extension: _applicable(root, image, extension) for extension in COMPANION_EXTENSIONS}
+    return {extension: paths[-1] for extension, paths in found.items() if paths}
+
+
 def source_metadata(root: Path, image: BidsImage) -> dict[str, Any]:
     """The image's metadata: its sidecars merged by the inheritance principle (nearest wins)."""
     merged: dict[str, Any] = {}
@@ -335,12 +342,10 @@ def denoise_image(
     measured: list[Measured] = []
     denoise_nifti(root / image.path, out / image.output, settings, device, report=measured.append)
     seconds = time.perf_counter() - started
-    for extension in COMPANION_EXTENSIONS:
-        companions = _applicable(root, image, extension)
-        if companions:
-            target = out / image.output.parent / str(derivative_name(image.name).with_extension(extension))
-            with atomic_path(target) as tmp:
-                tmp.write_bytes(companions[-1].read_bytes())
+    for extension, companion in companion_files(root, image).items():
+        target = out / image.output.parent / str(derivative_name(image.name).with_extension(extension))
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(companion.read_bytes())
     sidecar = derivative_sidecar(metadata, image, settings, measured, str(device), seconds)
     write_json(out / image.sidecar, sidecar)
     return measured

@@ -23,6 +23,7 @@ from n2d_dicom.bids import (
     BidsImage,
     BidsName,
     check_derivative_folder,
+    companion_files,
     dataset_link,
     derivative_name,
     find_images,
@@ -58,8 +59,9 @@ def write_nifti(path: Path, shape: tuple[int, ...], seed: int, tr: float | None 
 
 
 def raw_dataset(root: Path) -> Path:
-    """A raw BIDS dataset that validates: one subject, a 3-D T1w and a 2-volume rest BOLD whose
-    TaskName comes from the subject's sidecar and RepetitionTime from the dataset's top level."""
+    """A raw BIDS dataset that validates: one subject, a 3-D T1w, a 2-volume rest BOLD whose
+    TaskName comes from the subject's sidecar and RepetitionTime from the dataset's top level, and
+    a 2-volume DWI with its gradient table."""
     write_json(root / "dataset_description.json", {"Name": "tiny", "BIDSVersion": "1.9.0"})
     (root / "README").write_text("A tiny dataset the tests build to check n2d denoise-bids.\n")
     (root / "participants.tsv").write_text("participant_id\nsub-01\n")
@@ -70,6 +72,11 @@ def raw_dataset(root: Path) -> Path:
     func = root / "sub-01" / "func"
     write_nifti(func / "sub-01_task-rest_bold.nii.gz", (16, 16, 4, 2), seed=2, tr=2.0)
     write_json(func / "sub-01_task-rest_bold.json", {"TaskName": "rest", "EchoTime": 0.03})
+    dwi = root / "sub-01" / "dwi"
+    write_nifti(dwi / "sub-01_dwi.nii.gz", (16, 16, 4, 2), seed=3)
+    (dwi / "sub-01_dwi.bval").write_text("0 1000\n")
+    (dwi / "sub-01_dwi.bvec").write_text("0 1\n0 0\n0 0\n")
+    write_json(dwi / "sub-01_dwi.json", {"PhaseEncodingDirection": "j"})
     return root
 
 
@@ -157,6 +164,18 @@ def test_sidecars_are_inherited_and_the_nearest_wins(tmp_path):
     assert source_metadata(tmp_path, bold) == {"RepetitionTime": 2.0, "TaskName": "rest", "EchoTime": 0.03}
 
 
+def test_a_gradient_table_travels_with_its_dwi_image_wherever_inheritance_puts_it(tmp_path):
+    (tmp_path / "dwi.bval").write_text("0 1000\n")
+    (tmp_path / "sub-01" / "dwi").mkdir(parents=True)
+    (tmp_path / "sub-01" / "dwi" / "sub-01_dwi.bvec").write_text("0 1\n0 0\n0 0\n")
+    (tmp_path / "sub-01" / "dwi" / "sub-02_dwi.bval").write_text("another subject's\n")
+    dwi = image("sub-01/dwi/sub-01_dwi.nii.gz")
+    assert companion_files(tmp_path, dwi) == {
+        ".bval": tmp_path / "dwi.bval",
+        ".bvec": tmp_path / "sub-01" / "dwi" / "sub-01_dwi.bvec",
+    }
+
+
 def test_the_source_dataset_is_linked_relatively_from_inside_and_by_uri_from_outside(tmp_path):
     root = tmp_path / "ds"
     assert dataset_link(root, root / "derivatives" / "n2d") == "../.."
@@ -224,6 +243,10 @@ def test_denoise_bids_writes_a_derivative_dataset_the_validator_accepts(tmp_path
         "dataset_description.json",
         "sub-01/anat/sub-01_desc-n2d_T1w.json",
         "sub-01/anat/sub-01_desc-n2d_T1w.nii.gz",
+        "sub-01/dwi/sub-01_desc-n2d_dwi.bval",
+        "sub-01/dwi/sub-01_desc-n2d_dwi.bvec",
+        "sub-01/dwi/sub-01_desc-n2d_dwi.json",
+        "sub-01/dwi/sub-01_desc-n2d_dwi.nii.gz",
         "sub-01/func/sub-01_task-rest_desc-n2d_bold.json",
         "sub-01/func/sub-01_task-rest_desc-n2d_bold.nii.gz",
     ]
@@ -247,6 +270,10 @@ def test_denoise_bids_writes_a_derivative_dataset_the_validator_accepts(tmp_path
     t1w = json.loads((out / "sub-01/anat/sub-01_desc-n2d_T1w.json").read_text())
     assert t1w["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"] and t1w["Manufacturer"] == "Acme"
     assert len(t1w["N2D"]["Measured"]) == 1
+    dwi = out / "sub-01" / "dwi"
+    assert (dwi / "sub-01_desc-n2d_dwi.bval").read_text() == "0 1000\n"
+    assert (dwi / "sub-01_desc-n2d_dwi.bvec").read_text() == "0 1\n0 0\n0 0\n"
+    assert len(json.loads((dwi / "sub-01_desc-n2d_dwi.json").read_text())["N2D"]["Measured"]) == 2
 
     source = nib.load(root / "sub-01/func/sub-01_task-rest_bold.nii.gz")
     denoised = nib.load(out / "sub-01/func/sub-01_task-rest_desc-n2d_bold.nii.gz")
@@ -256,7 +283,7 @@ def test_denoise_bids_writes_a_derivative_dataset_the_validator_accepts(tmp_path
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
     again = denoise_bids(str(root))
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("skipped") == 2
+    assert again.stdout.count("skipped") == 3
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == stamps
 
     redo = denoise_bids(str(root), "--suffix", "T1w", "--overwrite")
