@@ -1,7 +1,9 @@
 """DICOMweb destinations: STOW-RS requests to a real HTTP(S) receiver on loopback, and what is recorded."""
 
 import logging
+import socket
 import ssl
+import time
 from pathlib import Path
 
 import pydicom
@@ -11,6 +13,7 @@ from pydantic import ValidationError
 from scp_server.config import NodeSettings, load_settings
 from scp_server.dicomweb import DicomWebDestination, parse_destination, stow_files
 from scp_server.outbox import Outbox, destination_key
+from scp_server.tasks import RunPlan
 from tests.conftest import free_port
 from tests.n2d_dicom.conftest import write_ct_series
 from tests.peers.stow_rs import StowPeer, referenced, stored
@@ -117,6 +120,18 @@ def test_a_closed_port_leaves_every_instance_pending(series_files):
     assert len(heard) == 2 * len(series_files)  # every failed attempt is heard, for the outbox
 
 
+def test_a_server_that_never_answers_costs_the_timeout_and_leaves_instances_pending(series_files):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        destination = web(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout_s=0.5)
+        started = time.monotonic()
+        results = stow_files(series_files, destination, attempts=1)
+        waited = time.monotonic() - started
+    assert not any(r.delivered or r.refused for r in results)
+    assert {r.error for r in results} == {"no answer within 0.5 s"} and 0.5 <= waited < 5
+
+
 def test_credentials_come_from_env_or_file_and_are_never_stored_or_logged(
     series_files, peer, tmp_path, monkeypatch, caplog
 ):
@@ -211,3 +226,16 @@ def test_the_commented_example_config_loads_with_both_kinds_of_destination():
         "https://research.example.org/dicomweb",
         "VIEWER@viewer.example.org:104",
     ]
+
+
+def test_a_run_plan_keeps_dicomweb_destinations_through_its_stored_json():
+    target = {"url": "https://pacs/dicom-web", "auth": "bearer", "token": {"file": "/run/secrets/t"}}
+    plan = RunPlan.model_validate(
+        {
+            "route": {"name": "ct", "destinations": [{"dicomweb": target}]},
+            "forward_unmatched": [{"ae_title": "PACS", "host": "pacs", "port": 104}, {"dicomweb": target}],
+            "derivation": {},
+        }
+    )
+    assert RunPlan.model_validate_json(plan.model_dump_json()) == plan
+    assert isinstance(plan.forward_unmatched[1], DicomWebDestination)
