@@ -45,8 +45,9 @@ def denoise(
     paths: Annotated[
         list[Path],
         typer.Argument(
+            metavar="PATHS",
             help="IN OUT (.nii or .nii.gz, 2-D to 4-D); with --out-dir or --out-suffix, input files and "
-            "folders (searched recursively)."
+            "folders (searched recursively).",
         ),
     ],
     settings: N2DSettings,
@@ -283,7 +284,10 @@ def demo(
 @app.command("denoise-bids")
 @options_from(N2DSettings, "settings")
 def denoise_bids(
-    root: Annotated[Path, typer.Argument(help="A BIDS dataset's root (holds dataset_description.json).")],
+    root: Annotated[
+        Path,
+        typer.Argument(metavar="BIDS_ROOT", help="A BIDS dataset's root (holds dataset_description.json)."),
+    ],
     settings: N2DSettings,
     out: Annotated[
         Path | None, typer.Option(help="The derivative dataset's folder; default ROOT/derivatives/n2d.")
