@@ -82,6 +82,7 @@ def denoise(
     status is then 1.
     """
     pairs = guarded(lambda: output_pairs(paths, out_dir, out_suffix))
+    guarded(lambda: resolve_device(device))  # a device that cannot be used fails once, not per file
     if preview is not None and len(pairs) > 1:
         fail("--preview draws one input's slice; give it with one input")
     failures = 0
