@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path, PurePosixPath
 
 import nibabel as nib
@@ -31,8 +30,8 @@ from n2d_dicom.bids import (
     source_metadata,
 )
 from n2d_dicom.errors import N2DInputError
+from tests.helpers import N2D
 
-N2D = Path(sys.executable).with_name("n2d")
 ENGINE = ("--iterations", "2", "--mode", "per-series", "--no-wiener", "--nlm-blend", "0")
 
 
