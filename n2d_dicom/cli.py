@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +25,7 @@ from n2d_dicom.bids import Datatype
 from n2d_dicom.derive import DerivationSettings
 from n2d_dicom.devices import resolve_device
 from n2d_dicom.errors import N2DInputError
-from n2d_dicom.measured import Measured, describe_measured
+from n2d_dicom.measured import Measured, describe_measured, describe_split, mode_ran
 from n2d_dicom.nifti_io import default_slice_axis, read_nifti, slice_count
 from n2d_dicom.options import fail, guarded, options_from
 from n2d_dicom.settings import N2DSettings, Precision
@@ -37,6 +39,23 @@ ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar on stder
 DEMO_DEFAULTS = {"mode": "per-series", "iterations": 500}
 #: ``--description-suffix`` is shorter than the field's name and what users have typed so far.
 DERIVATION_FLAGS = {"series_description_suffix": "--description-suffix"}
+
+
+@contextmanager
+def work_bar(total: int | None, enabled: bool) -> Iterator[Callable[[int, str], None]]:
+    """A tqdm bar on stderr over the engine's work units (training steps, inference passes, non-local
+    means, the Wiener step: :func:`~n2d_dicom.engine.work_units`), what runs as its description;
+    its rate, and so its ETA, comes from the first units done."""
+    with tqdm(total=total, unit="unit", disable=not enabled, file=sys.stderr, dynamic_ncols=True) as bar:
+        shown = [""]
+
+        def advance(units: int, phase: str) -> None:
+            if phase != shown[0]:
+                shown[0] = phase
+                bar.set_description_str(phase, refresh=False)
+            bar.update(units)
+
+        yield advance
 
 
 @app.command()
@@ -112,7 +131,7 @@ def denoise_file(
     ] = None,
 ) -> None:
     """Denoise a NIfTI volume slice by slice, keeping its header, affine, dtype and scaling."""
-    from n2d_dicom.pipeline import denoise_nifti
+    from n2d_dicom.pipeline import denoise_nifti, volume_work
     from n2d_dicom.preview import nifti_preview
 
     if preview is not None and preview.suffix.lower() != ".png":
@@ -121,17 +140,20 @@ def denoise_file(
     image = guarded(lambda: read_nifti(source))
     chosen_axis = default_slice_axis(image) if axis is None else axis
     total = slice_count(image.shape, chosen_axis) if 0 <= chosen_axis < 3 else None
+    work = volume_work(image.shape, chosen_axis, settings) if total is not None else None
     started = time.perf_counter()
     measured: list[Measured] = []
-    with tqdm(total=total, unit="slice", disable=not progress, file=sys.stderr) as bar:
-        guarded(
+    with work_bar(work, progress) as advance:
+        front_end = guarded(
             lambda: denoise_nifti(
-                source, output, settings, torch_device, axis, progress=bar.update, report=measured.append
+                source, output, settings, torch_device, axis, progress=advance, report=measured.append
             )
         )
+    ran = tuple(measured)
     typer.echo(
-        f"{output}: denoised {total} slices ({settings.mode}, {settings.iterations} iterations, "
-        f"{torch_device}; {describe_measured(tuple(measured))}) in {time.perf_counter() - started:.1f} s"
+        f"{output}: denoised {total} slices ({mode_ran(ran, settings.mode)}, {settings.iterations} "
+        f"iterations, {torch_device}; {describe_measured(ran)}) in {time.perf_counter() - started:.1f} s "
+        f"({describe_split(ran, **front_end)})"
     )
     if preview is not None:
         guarded(lambda: nifti_preview(source, output, chosen_axis, preview))
@@ -170,12 +192,14 @@ def denoise_dicom(
     from n2d_dicom.derive import write_instances
     from n2d_dicom.dicom_read import read_dicom_folder
     from n2d_dicom.nifti_io import write_series_nifti
-    from n2d_dicom.pipeline import denoise_series
+    from n2d_dicom.pipeline import denoise_series, series_work
 
     torch_device = guarded(lambda: resolve_device(device))
     if not source.is_dir():
         fail(f"{source}: not a folder")
+    reading = time.perf_counter()
     found, rejected = read_dicom_folder(source)
+    reading = time.perf_counter() - reading  # the folder's; told with the first series
     for skipped in rejected:
         verb = "not denoised" if skipped.forwardable else "skipped"
         typer.echo(f"n2d: {verb} {skipped.path}: {skipped.reason}", err=True)
@@ -187,21 +211,26 @@ def denoise_dicom(
         fail(f"{source}: no grayscale DICOM series to denoise")
     failures = sum(not skipped.forwardable for skipped in rejected) + len(missing)
     for item in wanted:
-        with tqdm(total=len(item.frames), unit="slice", disable=not progress, file=sys.stderr) as bar:
+        with work_bar(series_work(item, settings), progress) as advance:
             try:
-                derived = denoise_series(item, settings, derivation, torch_device, progress=bar.update)
+                derived = denoise_series(item, settings, derivation, torch_device, progress=advance)
                 folder = output / derived.series_uid
+                writing = time.perf_counter()
                 written = write_instances(derived.datasets, folder)
                 if nifti:
                     write_series_nifti(written, output / f"{derived.series_uid}.nii.gz")
+                writing = time.perf_counter() - writing
             except (N2DInputError, ValueError, OSError) as exc:
                 failures += 1
                 typer.echo(f"n2d: error: series {item.series_uid}: {exc}", err=True)
                 continue
         notes = f"; {'; '.join(item.problems)}" if item.problems else ""
+        split = describe_split(derived.measured, reading=reading, writing=writing)
+        reading = 0.0
         typer.echo(
             f"series {item.series_uid} -> {derived.series_uid}: {len(derived.datasets)} instances, "
-            f"{len(item.frames)} slices, {derived.seconds:.1f} s ({describe_measured(derived.measured)}), "
+            f"{len(item.frames)} slices, {derived.seconds:.1f} s "
+            f"({mode_ran(derived.measured, settings.mode)}, {describe_measured(derived.measured)}; {split}), "
             f"{folder}{notes}"
         )
     if failures:
@@ -275,8 +304,10 @@ def demo(
     from n2d_dicom.tools.demo import DEMO_SLICES, run_demo
 
     torch_device = guarded(lambda: resolve_device(device))
-    with tqdm(total=DEMO_SLICES, unit="slice", file=sys.stderr) as bar:
-        output, before, after = run_demo(directory, settings, torch_device, progress=bar.update)
+    from n2d_dicom.engine import work_units
+
+    with work_bar(work_units(DEMO_SLICES, settings), True) as advance:
+        output, before, after = run_demo(directory, settings, torch_device, progress=advance)
     typer.echo(
         f"{output}: PSNR {before:.2f} dB noisy -> {after:.2f} dB denoised ({settings.mode}, {torch_device})"
     )

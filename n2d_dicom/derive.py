@@ -45,7 +45,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset, PrivateBlock
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -53,7 +53,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, gen
 
 from n2d_dicom import __version__
 from n2d_dicom.atomic import atomic_path
-from n2d_dicom.measured import Measured, anscombe_applied, describe_measured, sampling_strides, wiener_sides
+from n2d_dicom.measured import (
+    Measured,
+    anscombe_applied,
+    describe_measured,
+    mode_ran,
+    sampling_strides,
+    wiener_sides,
+)
 from n2d_dicom.settings import N2DSettings
 
 TransferSyntaxName = Literal["explicit-little", "implicit-little"]
@@ -147,6 +154,8 @@ class Provenance(BaseModel):
     seconds: float
     measured: tuple[Measured, ...] = ()
     """What the engine measured and chose, one entry per stack (frame size) of the series."""
+    warm_key: str | None = None
+    """The protocol key of the cached pair the networks were warm-started from; None: cold."""
 
 
 def _code_item(code: Code) -> Dataset:
@@ -171,7 +180,8 @@ def derivation_description(provenance: Provenance) -> str:
     """Derivation Description in words (at most 1024 characters, ST)."""
     n2d = provenance.n2d
     return (
-        f"Noise2Detail self-supervised denoising (n2d-dicom {__version__}): {n2d.mode} mode, "
+        f"Noise2Detail self-supervised denoising (n2d-dicom {__version__}): "
+        f"{mode_ran(provenance.measured, n2d.mode)} mode, "
         f"{n2d.pipeline} pipeline, {n2d.iterations} iterations, seed {n2d.seed}, "
         f"{n2d.channels} channels, noise {n2d.noise}, Anscombe {n2d.anscombe}, "
         f"non-local means weight {n2d.nlm_blend:g}, Wiener {'on' if n2d.wiener else 'off'}, "
@@ -419,7 +429,9 @@ def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance
     block = derived.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     n2d = provenance.n2d
     block.add_new(0x01, "LO", __version__)
-    block.add_new(0x02, "CS", n2d.mode.upper().replace("-", "_"))
+    block.add_new(
+        0x02, "CS", mode_ran(provenance.measured, n2d.mode).upper().replace("-", "_").replace("/", "\\")
+    )
     block.add_new(0x03, "UL", n2d.iterations)
     block.add_new(0x04, "UL", n2d.seed)
     block.add_new(0x05, "LO", provenance.device[:64])
@@ -438,6 +450,18 @@ def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance
         sides = wiener_sides(measured)
         if sides:
             block.add_new(0x10, "US", sides)
+    _add_warm_start(block, provenance)
+
+
+def _add_warm_start(block: PrivateBlock, provenance: Provenance) -> None:
+    """Whether the networks were warm-started (xx11), from which cached pair (xx12, its digest) and
+    protocol (xx13, the cache's key)."""
+    warm = sorted({m.warm_from for m in provenance.measured if m.warm_from})
+    block.add_new(0x11, "CS", "WARM" if warm else "COLD")
+    if warm:
+        block.add_new(0x12, "LO", warm)
+        if provenance.warm_key:
+            block.add_new(0x13, "LT", provenance.warm_key[:10240])
 
 
 def _file_meta(derived: Dataset, settings: DerivationSettings) -> FileMetaDataset:

@@ -23,6 +23,12 @@ with ``K = 1``. Every function takes its ``torch.device``; nothing picks one her
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
+import logging
+import pickle
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from n2d_dicom.devices import fit_slice_batch, free_memory
-from n2d_dicom.measured import Measured, Report
+from n2d_dicom.measured import PHASE_NAMES, Measured, Report
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.nlm import blend_nlm
 from n2d_dicom.noise import decorrelating_stride, keep_structure
@@ -51,7 +57,19 @@ DETAIL_SEED_OFFSET = 1_000_003
 #: per-series early stopping holds out one slice in this many.
 HELD_OUT_EVERY = 8
 
-Progress = Callable[[int], None]
+#: Training steps with fewer input pixels than this per CPU thread run on one thread.
+PIXELS_PER_THREAD = 32 * 1024
+#: A warm start's learning rate, as a share of ``learning_rate``.
+WARM_LEARNING_RATE = 0.5
+#: A warm-started network takes at most this share of ``iterations`` (the cosine schedule's length).
+WARM_FRACTION = 0.25
+#: A warm-started network's early stopping checks the held-out loss this many steps apart.
+WARM_CHECK_EVERY = 50
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, str], None]
+"""Hears the work units done since the last call and what runs (e.g. ``training stage 1``)."""
 LossFn = Callable[[StackedDenoiser, Tensor, Tensor], Tensor]
 
 
@@ -175,6 +193,16 @@ class EarlyStop:
         return self.stale >= self.patience
 
 
+def _schedule(
+    optimiser: torch.optim.Optimizer, steps: int, warm: bool
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cold: the learning rate halved at the half. Warm: cosine decay to zero over ``steps``, the
+    already trained weights needing small, shrinking steps rather than a long search."""
+    if warm:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, steps))
+    return torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, steps // 2), gamma=0.5)
+
+
 def train(
     net: StackedDenoiser,
     loss_fn: LossFn,
@@ -182,27 +210,80 @@ def train(
     settings: N2DSettings,
     device: torch.device,
     stop: EarlyStop | None = None,
-) -> StackedDenoiser:
-    """Adam for ``settings.iterations`` steps (fewer if ``stop`` says so), lr halved at the half."""
+    on_step: Callable[[int], None] | None = None,
+    warm: bool = False,
+) -> int:
+    """Train ``net`` with Adam for ``settings.iterations`` steps (fewer if ``stop`` says so).
+
+    Cold (random weights): learning rate ``settings.learning_rate``, halved at the half. ``warm``
+    (weights trained before): :data:`WARM_LEARNING_RATE` of it, cosine-decayed over
+    :func:`warm_steps`. ``on_step(n)`` hears every ``n`` steps done, and at a stop the steps left,
+    so that a progress count reaches its total. Returns the steps taken; ``net`` is left frozen in
+    eval mode.
+    """
+    steps = warm_steps(settings) if warm else settings.iterations
+    lr = settings.learning_rate * (WARM_LEARNING_RATE if warm else 1.0)
     net.train()
-    optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-    schedule = torch.optim.lr_scheduler.StepLR(
-        optimiser, step_size=max(1, settings.iterations // 2), gamma=0.5
-    )
-    for step in range(settings.iterations):
-        if stop is not None and stop.should_stop(net, loss_fn, step):
-            break
-        inputs, targets = batches()
-        with _precision(device, settings.precision):
-            loss = loss_fn(net, inputs, targets)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    schedule = _schedule(optimiser, steps, warm)
+    taken = 0
+    first = batches()
+    with _threads_for(first[0].numel() if device.type == "cpu" else None):
+        for step in range(steps):
+            if stop is not None and stop.should_stop(net, loss_fn, step):
+                break
+            inputs, targets = first if step == 0 else batches()
+            with _precision(device, settings.precision):
+                loss = loss_fn(net, inputs, targets)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            taken += 1
+            if on_step:
+                on_step(1)
+    if on_step and settings.iterations > taken:
+        on_step(settings.iterations - taken)
     net.eval()
     for param in net.parameters():
         param.requires_grad_(False)
-    return net
+    return taken
+
+
+_threads_lock = threading.Lock()
+_threads_held = [0, 0]  # runs on fewer threads now, the thread count to restore after the last
+
+
+@contextmanager
+def _threads_for(pixels: int | None) -> Iterator[None]:
+    """Train steps of ``pixels`` input pixels on one CPU thread when each thread would get fewer than
+    :data:`PIXELS_PER_THREAD` (None: leave the threads alone, e.g. on a GPU).
+
+    Small steps are mostly synchronisation: each operation waits for every thread, and on a busy
+    machine a descheduled thread stalls them all (figures in docs/benchmarks.md). ``torch`` threads
+    are per process, so a run in another thread of the process trains on one thread meanwhile.
+    """
+    threads = torch.get_num_threads()
+    if pixels is None or threads == 1 or pixels >= PIXELS_PER_THREAD * threads:
+        yield
+        return
+    with _threads_lock:
+        if _threads_held[0] == 0:
+            _threads_held[1] = threads
+            torch.set_num_threads(1)
+        _threads_held[0] += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_held[0] -= 1
+            if _threads_held[0] == 0:
+                torch.set_num_threads(_threads_held[1])
+
+
+def warm_steps(settings: N2DSettings) -> int:
+    """The most steps a warm-started network takes: :data:`WARM_FRACTION` of ``iterations``."""
+    return max(1, int(settings.iterations * WARM_FRACTION))
 
 
 def _denoise_residual(net: StackedDenoiser, x: Tensor) -> Tensor:
@@ -230,6 +311,17 @@ def first_estimate(net: StackedDenoiser, noisy: Tensor, precision: str) -> Tenso
         return _denoise_residual(net, noisy).clamp(0, 1)
 
 
+def refinements(net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: str) -> Tensor:
+    """Stage 2's network passes: the mean of ``d1`` and the pixel-unshuffle refinements at factors 2 and 4."""
+    estimates = [d1]
+    with torch.inference_mode(), _precision(noisy.device, precision):
+        for factor in REFINE_FACTORS:
+            sub = _denoise_residual(net, _unshuffle_to_batch(noisy, factor))
+            full = _shuffle_from_batch(sub, factor)
+            estimates.append(_denoise_residual(net, full).clamp(0, 1))
+    return torch.stack(estimates).mean(dim=0)
+
+
 def refine(
     net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: str, nlm_weight: float = 0.0
 ) -> Tensor:
@@ -238,13 +330,7 @@ def refine(
     With ``nlm_weight > 0`` a non-local means estimate of every image of ``noisy`` joins
     the smooth intermediate with that weight (see :mod:`n2d_dicom.nlm`).
     """
-    estimates = [d1]
-    with torch.inference_mode(), _precision(noisy.device, precision):
-        for factor in REFINE_FACTORS:
-            sub = _denoise_residual(net, _unshuffle_to_batch(noisy, factor))
-            full = _shuffle_from_batch(sub, factor)
-            estimates.append(_denoise_residual(net, full).clamp(0, 1))
-    return blend_nlm(noisy, torch.stack(estimates).mean(dim=0), nlm_weight)
+    return blend_nlm(noisy, refinements(net, noisy, d1, precision), nlm_weight)
 
 
 def restore_detail(net: StackedDenoiser, smooth: Tensor, precision: str) -> Tensor:
@@ -264,12 +350,66 @@ def pad_to_multiple(slices: Tensor, multiple: int = SIDE_MULTIPLE) -> tuple[Tens
     return slices, h, w
 
 
+def work_units(slices: int, settings: N2DSettings) -> int:
+    """The work units of denoising a stack of ``slices`` slices, known before it starts.
+
+    One for measuring the noise; one per Adam step of each network (per-slice mode: of each
+    slice's network, a step of ``k`` slices side by side counting ``k``); one per slice for each
+    inference stage (stage 1's estimate, stage 2's refinement, stage 3's restoration), for
+    non-local means and for the Wiener step. Steps early stopping saved count as done when it stops,
+    so the count always ends at this total.
+    """
+    stage1 = settings.pipeline == "stage1"
+    per_slice = settings.mode_for(slices) == "per-slice"
+    steps = settings.iterations * (1 if stage1 else 2) * (slices if per_slice else 1)
+    passes = 1 if stage1 else 3
+    extras = int(settings.nlm_blend > 0 and not stage1) + int(settings.wiener)
+    return 1 + steps + slices * (passes + extras)
+
+
+class Clock:
+    """One stack's seconds per phase (for :class:`Measured`) and work units done (for ``progress``)."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str, label: str) -> Iterator[None]:
+        """Time the enclosed work as phase ``name`` of :data:`~n2d_dicom.measured.PHASES`;
+        ``label`` (what runs, e.g. ``training stage 1``) goes to ``progress`` as it starts."""
+        self.advance(0, label)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def advance(self, units: int, label: str) -> None:
+        """Report ``units`` more work units done, in ``label``."""
+        if self.progress is not None:
+            self.progress(units, label)
+
+    def share(self, label: str, units: int, parts: int) -> Callable[[], None]:
+        """A callable that advances ``units`` in ``parts`` equal calls (rounded, summing to ``units``)."""
+        done = [0, 0]
+
+        def part() -> None:
+            done[0] += 1
+            reached = units * min(done[0], parts) // parts
+            self.advance(reached - done[1], label)
+            done[1] = reached
+
+        return part
+
+
 def denoise_slices(
     noisy: Tensor,
     settings: N2DSettings,
     device: torch.device,
     progress: Progress | None = None,
     report: Report | None = None,
+    start: bytes | None = None,
 ) -> Tensor:
     """Denoise ``(S, H, W)`` float slices scaled to [0, 1]; returns the same shape on CPU.
 
@@ -279,32 +419,68 @@ def denoise_slices(
     joins stage 2's smooth intermediate (``settings.nlm_blend``, :mod:`n2d_dicom.nlm`);
     with a stride above 1 structure the decorrelated output removed is put back
     (:mod:`n2d_dicom.noise`); last, an empirical Wiener filter with the output as its pilot
-    (``settings.wiener``, :mod:`n2d_dicom.wiener`).
+    (``settings.wiener``, :mod:`n2d_dicom.wiener`). ``settings.mode`` ``auto`` is decided here,
+    on the number of slices (:meth:`N2DSettings.mode_for`).
 
     ``settings.slice_batch`` is an upper bound: fewer slices go together when the
     device's free memory would not hold them (see :func:`fit_slice_batch`).
 
-    ``progress`` is called with the number of slices finished since the last call, ``report``
-    once with what was measured and chosen (:class:`Measured`).
+    ``start``: a network pair trained before (:attr:`Measured.trained` of an earlier run) to start
+    from instead of random weights (a warm start, per-series mode only; a pair of another width
+    or pipeline is not used).
+
+    ``progress`` hears the work units done (see :func:`work_units`, its total) and what runs;
+    ``report`` once with what was measured, chosen and timed (:class:`Measured`), the trained
+    pair included in per-series mode.
     """
     if noisy.ndim != 3:
         raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
-    stabiliser = stabiliser_for(noisy, settings.anscombe)
-    stabilised = noisy if stabiliser is None else stabiliser.forward(noisy)
-    out, stride, side = _denoise_stabilised(stabilised, settings, device, progress)
+    clock = Clock(progress)
+    settings = settings.model_copy(update={"mode": settings.mode_for(noisy.shape[0])})
+    with _threads_for(noisy.numel() if device.type == "cpu" else None):
+        with clock.phase("noise", PHASE_NAMES["noise"]):
+            stabiliser = stabiliser_for(noisy, settings.anscombe)
+            stabilised = noisy if stabiliser is None else stabiliser.forward(noisy)
+            stride = sampling_stride(stabilised, settings)
+        clock.advance(1, PHASE_NAMES["noise"])
+        out, trained, side = _denoise_stabilised(stabilised, stride, settings, device, clock, start)
     if report:
-        report(Measured(stride=stride, stabilised=stabiliser is not None, wiener_side=side))
+        report(
+            Measured(
+                stride=stride,
+                stabilised=stabiliser is not None,
+                wiener_side=side,
+                mode=settings.mode,
+                steps=trained.steps,
+                seconds=dict(clock.seconds),
+                warm_from=trained.warm_from,
+                trained=trained.weights,
+            )
+        )
     return out if stabiliser is None else stabiliser.inverse(out)
 
 
-def _denoise_stabilised(
-    noisy: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None
-) -> tuple[Tensor, int, int | None]:
-    """:func:`denoise_slices` on noise whose variance does not depend on the signal.
+@dataclass(frozen=True)
+class Trained:
+    """What training did: the steps each network took, the warm start used, the pair for the next one."""
 
-    Also returns the sampling stride and the Wiener step's window side (None: step off).
+    steps: tuple[int, ...]
+    warm_from: str | None = None
+    weights: bytes | None = None
+
+
+def _denoise_stabilised(
+    noisy: Tensor,
+    stride: int,
+    settings: N2DSettings,
+    device: torch.device,
+    clock: Clock,
+    start: bytes | None,
+) -> tuple[Tensor, Trained, int | None]:
+    """:func:`denoise_slices` on noise whose variance does not depend on the signal, sampled at ``stride``.
+
+    Also returns what training did and the Wiener step's window side (None: step off).
     """
-    stride = sampling_stride(noisy, settings)
     padded, h, w = pad_to_multiple(noisy.to(device=device, dtype=torch.float32), SIDE_MULTIPLE * stride)
     fitted = fit_slice_batch(
         settings.slice_batch, padded.shape[1], padded.shape[2], settings.channels, free_memory(device)
@@ -312,19 +488,20 @@ def _denoise_stabilised(
     settings = settings.model_copy(update={"slice_batch": fitted})
     if settings.mode == "per-series":
         sub = _unshuffle_to_batch(padded.unsqueeze(1), stride).squeeze(1)
-        out = _shuffle_from_batch(_denoise_per_series(sub, settings, device).unsqueeze(1), stride)
-        out = out.squeeze(1)
-        if progress:
-            progress(noisy.shape[0])
+        denoised, trained = _denoise_per_series(sub, settings, device, clock, noisy.shape[0], start)
+        out = _shuffle_from_batch(denoised.unsqueeze(1), stride).squeeze(1)
     else:
-        out = _denoise_per_slice(padded, settings, device, progress, stride)
+        out, trained = _denoise_per_slice(padded, settings, device, clock, stride)
     out = out[:, :h, :w]
     if stride > 1:
-        out = keep_structure(noisy.to(out.device, torch.float32), out)
+        with clock.phase("noise", "structure check"):
+            out = keep_structure(noisy.to(out.device, torch.float32), out)
     side = None
     if settings.wiener:
-        out, side = wiener_refine(noisy, out, stride)
-    return out.cpu(), stride, side
+        with clock.phase("wiener", PHASE_NAMES["wiener"]):
+            out, side = wiener_refine(noisy, out, stride)
+        clock.advance(noisy.shape[0], PHASE_NAMES["wiener"])
+    return out.cpu(), trained, side
 
 
 def sampling_stride(noisy: Tensor, settings: N2DSettings) -> int:
@@ -341,39 +518,63 @@ def sampling_stride(noisy: Tensor, settings: N2DSettings) -> int:
 
 
 def _denoise_per_slice(
-    slices: Tensor, settings: N2DSettings, device: torch.device, progress: Progress | None, stride: int = 1
-) -> Tensor:
+    slices: Tensor, settings: N2DSettings, device: torch.device, clock: Clock, stride: int = 1
+) -> tuple[Tensor, Trained]:
     """One network pair per slice; ``slice_batch`` slices train side by side.
 
     With ``stride > 1`` each slice's network trains on, and denoises, the slice's
     ``stride^2`` pixel-unshuffled sub-images (samples of one network), shuffled back after.
     """
     outputs = []
+    steps: tuple[int, ...] = ()
     for start in range(0, slices.shape[0], settings.slice_batch):
         chunk = slices[start : start + settings.slice_batch].unsqueeze(0)  # (1, K, H, W)
         seeds = [settings.seed + start + k for k in range(chunk.shape[1])]
         sub = _unshuffle_to_batch(chunk, stride)  # (stride^2, K, H/stride, W/stride)
-        outputs.append(_shuffle_from_batch(_run_stages(sub, seeds, settings, device), stride)[0])
-        if progress:
-            progress(chunk.shape[1])
-    return torch.cat(outputs)
+        denoised, steps = _run_stages(sub, seeds, settings, device, clock)
+        outputs.append(_shuffle_from_batch(denoised, stride)[0])
+    return torch.cat(outputs), Trained(steps)
 
 
 def _run_stages(
-    noisy: Tensor,
-    seeds: list[int],
-    settings: N2DSettings,
-    device: torch.device,
-) -> Tensor:
-    """All stages on ``noisy`` held in memory at once (per-slice mode): every step sees every slice."""
-    f = train(new_networks(seeds, settings, device), stage1_loss, lambda: (noisy, noisy), settings, device)
-    d1 = first_estimate(f, noisy, settings.precision)
+    noisy: Tensor, seeds: list[int], settings: N2DSettings, device: torch.device, clock: Clock
+) -> tuple[Tensor, tuple[int, ...]]:
+    """All stages on ``noisy`` held in memory at once (per-slice mode): every step sees every slice.
+
+    Returns the output and the steps each network took.
+    """
+    k = noisy.shape[1]
+
+    def stepped(label: str) -> Callable[[int], None]:
+        return lambda n: clock.advance(n * k, label)
+
+    with clock.phase("training", "training stage 1"):
+        f = new_networks(seeds, settings, device)
+        f_steps = train(
+            f, stage1_loss, lambda: (noisy, noisy), settings, device, None, stepped("training stage 1")
+        )
+    with clock.phase("inference", "stage 1 estimate"):
+        d1 = first_estimate(f, noisy, settings.precision)
+    clock.advance(k, "stage 1 estimate")
     if settings.pipeline == "stage1":
-        return d1
-    d2 = refine(f, noisy, d1, settings.precision, settings.nlm_blend)
+        return d1, (f_steps,)
+    with clock.phase("inference", "stage 2 refinement"):
+        d2 = refinements(f, noisy, d1, settings.precision)
+    clock.advance(k, "stage 2 refinement")
+    if settings.nlm_blend > 0:
+        with clock.phase("nlm", PHASE_NAMES["nlm"]):
+            d2 = blend_nlm(noisy, d2, settings.nlm_blend)
+        clock.advance(k, PHASE_NAMES["nlm"])
     g_seeds = [s + DETAIL_SEED_OFFSET for s in seeds]
-    g = train(new_networks(g_seeds, settings, device), stage3_loss, lambda: (d2, noisy), settings, device)
-    return restore_detail(g, d2, settings.precision)
+    with clock.phase("training", "training stage 3"):
+        g = new_networks(g_seeds, settings, device)
+        g_steps = train(
+            g, stage3_loss, lambda: (d2, noisy), settings, device, None, stepped("training stage 3")
+        )
+    with clock.phase("inference", "stage 3 restoration"):
+        out = restore_detail(g, d2, settings.precision)
+    clock.advance(k, "stage 3 restoration")
+    return out, (f_steps, g_steps)
 
 
 def random_crops(
@@ -406,10 +607,54 @@ def _held_out_split(slices: int, early_stop: bool) -> tuple[list[int], list[int]
     return [k for k in range(slices) if k not in held_out], held_out
 
 
-def _denoise_per_series(slices: Tensor, settings: N2DSettings, device: torch.device) -> Tensor:
+def pack_pair(f: StackedDenoiser, g: StackedDenoiser | None) -> bytes:
+    """A per-series network pair serialised (``torch.save`` of both state dicts), for a later warm start."""
+    buffer = io.BytesIO()
+    state = {"channels": f.channels, "f": f.state_dict(), "g": None if g is None else g.state_dict()}
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def weights_digest(weights: bytes) -> str:
+    """A short name of serialised weights: the first 16 hex digits of their SHA-256."""
+    return hashlib.sha256(weights).hexdigest()[:16]
+
+
+def _unpack_pair(
+    weights: bytes, settings: N2DSettings, device: torch.device
+) -> tuple[StackedDenoiser, StackedDenoiser | None] | None:
+    """The pair :func:`pack_pair` wrote, as networks on ``device``; None where it cannot start these
+    settings (another width, a missing stage-3 network, unreadable)."""
+    try:
+        state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
+        if state["channels"] != settings.channels:
+            return None
+        f = new_networks([settings.seed], settings, device)
+        f.load_state_dict(state["f"])
+        g = None
+        if settings.pipeline != "stage1":
+            if state["g"] is None:
+                return None
+            g = new_networks([settings.seed + DETAIL_SEED_OFFSET], settings, device)
+            g.load_state_dict(state["g"])
+    except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        log.warning("warm start: the weights cannot be used (%s); starting cold", exc)
+        return None
+    return f, g
+
+
+def _denoise_per_series(
+    slices: Tensor,
+    settings: N2DSettings,
+    device: torch.device,
+    clock: Clock,
+    count: int,
+    start: bytes | None = None,
+) -> tuple[Tensor, Trained]:
     """One network pair for the whole series, trained on random slices, applied to all.
 
-    The caller reports progress: ``slices`` may be pixel-unshuffled sub-images, not slices.
+    ``slices`` may be pixel-unshuffled sub-images of the ``count`` slices of the series; progress
+    counts slices. ``start``: the pair to start from (a warm start), see :func:`denoise_slices`.
     """
     volume = slices.unsqueeze(1)  # (S, 1, H, W): slices are samples of one network
     sampler = torch.Generator().manual_seed(settings.seed)
@@ -417,38 +662,79 @@ def _denoise_per_series(slices: Tensor, settings: N2DSettings, device: torch.dev
         random_crops, generator=sampler, count=settings.series_batch, side=settings.series_patch
     )
     trained, held_out = _held_out_split(volume.shape[0], settings.early_stop)
+    warm = None if start is None else _unpack_pair(start, settings, device)
+    warm_from = None if warm is None or start is None else weights_digest(start)
 
     def early_stop(inputs: Tensor, targets: Tensor) -> EarlyStop | None:
         if not held_out:
             return None
         fixed = torch.Generator().manual_seed(settings.seed + 1)
-        count = 2 * settings.series_batch
-        return EarlyStop(
-            *random_crops(inputs[held_out], targets[held_out], fixed, count, settings.series_patch)
+        crops = random_crops(
+            inputs[held_out], targets[held_out], fixed, 2 * settings.series_batch, settings.series_patch
         )
+        return EarlyStop(*crops, every=WARM_CHECK_EVERY) if warm else EarlyStop(*crops)
 
-    f = train(
-        new_networks([settings.seed], settings, device),
-        stage1_loss,
-        lambda: draw(volume[trained], volume[trained]),
-        settings,
-        device,
-        early_stop(volume, volume),
-    )
+    def stepped(label: str) -> Callable[[int], None]:
+        return lambda n: clock.advance(n, label)
+
     chunks = list(torch.split(volume, settings.slice_batch))
-    d1 = [first_estimate(f, c, settings.precision) for c in chunks]
+
+    def each_chunk(label: str) -> Callable[[], None]:
+        return clock.share(label, count, len(chunks))
+
+    with clock.phase("training", "training stage 1"):
+        f = warm[0] if warm else new_networks([settings.seed], settings, device)
+        f_steps = train(
+            f,
+            stage1_loss,
+            lambda: draw(volume[trained], volume[trained]),
+            settings,
+            device,
+            early_stop(volume, volume),
+            stepped("training stage 1"),
+            warm is not None,
+        )
+    with clock.phase("inference", "stage 1 estimate"):
+        done = each_chunk("stage 1 estimate")
+        d1 = []
+        for c in chunks:
+            d1.append(first_estimate(f, c, settings.precision))
+            done()
     if settings.pipeline == "stage1":
-        return torch.cat(d1).squeeze(1)
-    d2 = torch.cat([refine(f, c, e, settings.precision, settings.nlm_blend) for c, e in zip(chunks, d1)])
-    g = train(
-        new_networks([settings.seed + DETAIL_SEED_OFFSET], settings, device),
-        stage3_loss,
-        lambda: draw(d2[trained], volume[trained]),
-        settings,
-        device,
-        early_stop(d2, volume),
-    )
-    outputs = [
-        restore_detail(g, chunk, settings.precision) for chunk in torch.split(d2, settings.slice_batch)
-    ]
-    return torch.cat(outputs).squeeze(1)
+        return torch.cat(d1).squeeze(1), Trained((f_steps,), warm_from, pack_pair(f, None))
+    with clock.phase("inference", "stage 2 refinement"):
+        done = each_chunk("stage 2 refinement")
+        smooth = []
+        for c, e in zip(chunks, d1):
+            smooth.append(refinements(f, c, e, settings.precision))
+            done()
+    if settings.nlm_blend > 0:
+        with clock.phase("nlm", PHASE_NAMES["nlm"]):
+            done = each_chunk(PHASE_NAMES["nlm"])
+            for i, c in enumerate(chunks):
+                smooth[i] = blend_nlm(c, smooth[i], settings.nlm_blend)
+                done()
+    d2 = torch.cat(smooth)
+    with clock.phase("training", "training stage 3"):
+        g = (
+            warm[1]
+            if warm and warm[1] is not None
+            else new_networks([settings.seed + DETAIL_SEED_OFFSET], settings, device)
+        )
+        g_steps = train(
+            g,
+            stage3_loss,
+            lambda: draw(d2[trained], volume[trained]),
+            settings,
+            device,
+            early_stop(d2, volume),
+            stepped("training stage 3"),
+            warm is not None,
+        )
+    with clock.phase("inference", "stage 3 restoration"):
+        done = each_chunk("stage 3 restoration")
+        outputs = []
+        for chunk in torch.split(d2, settings.slice_batch):
+            outputs.append(restore_detail(g, chunk, settings.precision))
+            done()
+    return torch.cat(outputs).squeeze(1), Trained((f_steps, g_steps), warm_from, pack_pair(f, g))

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from n2d_dicom.derive import DerivationSettings, Provenance, derive_instance, new_uid
 from n2d_dicom.dicom_read import DicomSeries, Frame
-from n2d_dicom.engine import MIN_SIDE, Progress, denoise_slices
+from n2d_dicom.engine import MIN_SIDE, Progress, denoise_slices, work_units
 from n2d_dicom.errors import N2DInputError
 from n2d_dicom.intensity import IntensityMap
 from n2d_dicom.measured import Measured, Report
@@ -35,11 +35,13 @@ def denoise_stack(
     axis: int = -1,
     progress: Progress | None = None,
     report: Report | None = None,
+    start: bytes | None = None,
 ) -> np.ndarray:
     """Denoise a 2-D image or a 3-D stack of slices taken along ``axis``.
 
     Returns an array of the same shape, dtype and value range as ``stored``; ``report`` receives
-    what the engine measured and chose (:class:`~n2d_dicom.engine.Measured`).
+    what the engine measured and chose (:class:`~n2d_dicom.engine.Measured`); ``start`` is a
+    trained pair to warm-start from (:func:`~n2d_dicom.engine.denoise_slices`).
     Raises :class:`N2DInputError` for inputs that cannot be denoised.
     """
     if stored.ndim not in (2, 3):
@@ -53,8 +55,25 @@ def denoise_stack(
         )
     intensity = IntensityMap.from_array(slices)
     unit = torch.from_numpy(intensity.to_unit(slices).astype(np.float32))
-    denoised = intensity.to_stored(denoise_slices(unit, settings, device, progress, report).numpy())
+    denoised = intensity.to_stored(denoise_slices(unit, settings, device, progress, report, start).numpy())
     return denoised[0] if stored.ndim == 2 else np.moveaxis(denoised, 0, axis)
+
+
+def volume_work(shape: tuple[int, ...], axis: int, settings: N2DSettings) -> int:
+    """Work units (:func:`~n2d_dicom.engine.work_units`) of :func:`denoise_volume_array` on ``shape``."""
+    if len(shape) == 2:
+        return work_units(1, settings)
+    volumes = shape[3] if len(shape) == 4 else 1
+    return volumes * work_units(shape[axis], settings)
+
+
+def series_work(series: DicomSeries, settings: N2DSettings) -> int:
+    """Work units (:func:`~n2d_dicom.engine.work_units`) of :func:`denoise_series` on ``series``:
+    frames of one size are one stack."""
+    sizes: dict[tuple[int, ...], int] = defaultdict(int)
+    for frame in series.frames:
+        sizes[frame.pixels.shape] += 1
+    return sum(work_units(count, settings) for count in sizes.values())
 
 
 def denoise_volume_array(
@@ -85,14 +104,17 @@ def denoise_nifti(
     axis: int | None = None,
     progress: Progress | None = None,
     report: Report | None = None,
-) -> None:
+) -> dict[str, float]:
     """Read, denoise slice-wise along ``axis`` (default: the slice axis), write.
 
-    ``report`` hears what the engine measured and chose, once per 3-D volume.
+    ``report`` hears what the engine measured and chose, once per 3-D volume. Returns the seconds
+    spent reading and writing (``{"reading": ..., "writing": ...}``), the phases that are not the engine's.
     """
     nifti_suffix(output_path)
+    started = time.perf_counter()
     image = read_nifti(source_path)
     stored = stored_values(image)
+    reading = time.perf_counter() - started
     axis = default_slice_axis(image) if axis is None else axis
     if stored.ndim > 2 and not 0 <= axis < 3:
         raise N2DInputError(f"{source_path}: slice axis must be 0, 1 or 2, got {axis}")
@@ -100,7 +122,9 @@ def denoise_nifti(
         denoised = denoise_volume_array(stored, settings, device, axis, progress, report)
     except N2DInputError as exc:
         raise N2DInputError(f"{source_path}: {exc}") from exc
+    started = time.perf_counter()
     write_like(image, denoised, output_path)
+    return {"reading": reading, "writing": time.perf_counter() - started}
 
 
 @dataclass(frozen=True)
@@ -121,12 +145,13 @@ def denoise_frames(
     device: torch.device,
     progress: Progress | None = None,
     report: Report | None = None,
+    start: bytes | None = None,
 ) -> list[np.ndarray]:
     """Denoised stored values for each frame, in order.
 
     Frames of one size are denoised together as one stack (sharing one intensity
     map, and one network pair in per-series mode); a series mixing sizes is
-    denoised size by size, and ``report`` hears once per size.
+    denoised size by size, and ``report`` hears once per size. ``start`` warm-starts every stack.
     """
     by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for index, frame in enumerate(frames):
@@ -134,7 +159,7 @@ def denoise_frames(
     denoised: list[np.ndarray] = [np.empty(0)] * len(frames)
     for indices in by_shape.values():
         stack = np.stack([frames[i].pixels for i in indices])
-        images = denoise_stack(stack, settings, device, axis=0, progress=progress, report=report)
+        images = denoise_stack(stack, settings, device, axis=0, progress=progress, report=report, start=start)
         for i, image in zip(indices, images):
             denoised[i] = image
     return denoised
@@ -159,18 +184,26 @@ def denoise_series(
     device: torch.device,
     progress: Progress | None = None,
     identity: str | None = None,
+    start: bytes | None = None,
+    warm_key: str | None = None,
 ) -> DerivedSeries:
     """Denoise every frame of ``series`` and build the derived instances.
 
     With an ``identity`` (the node passes the source series and run), the derived
     Series and SOP Instance UIDs are the same each time that identity is processed.
+    ``start`` is a trained pair to warm-start from, ``warm_key`` the protocol key it was cached
+    under (recorded in the private block with the pair's digest when the start was used).
     """
     started = time.perf_counter()
     measured: list[Measured] = []
-    denoised = denoise_frames(series.frames, settings, device, progress, measured.append)
+    denoised = denoise_frames(series.frames, settings, device, progress, measured.append, start)
     pixels = _pixels_per_object(series, denoised)
     provenance = Provenance(
-        n2d=settings, device=str(device), seconds=time.perf_counter() - started, measured=tuple(measured)
+        n2d=settings,
+        device=str(device),
+        seconds=time.perf_counter() - started,
+        measured=tuple(measured),
+        warm_key=warm_key if any(m.warm_from for m in measured) else None,
     )
     series_uid = new_uid(derivation, None if identity is None else f"{series.series_uid}/{identity}")
     now = datetime.now()

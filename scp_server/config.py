@@ -18,6 +18,20 @@ from n2d_dicom.settings import N2DSettings
 from scp_server.ae_title import AETitle
 from scp_server.dicomweb import AnyDestination
 
+#: What makes a protocol for warm starts by default: scanner, kernel, slice size and spacing, description.
+WARM_START_KEY = (
+    "Modality",
+    "StationName",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "ConvolutionKernel",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "SliceThickness",
+    "SeriesDescription",
+)
+
 
 class TLSSettings(BaseModel):
     """TLS for incoming associations (DICOM over TLS, e.g. on port 2762)."""
@@ -182,6 +196,19 @@ class NodeSettings(BaseSettings):
     )
     retention_hours: float | None = Field(
         24, ge=0, description="Spool data of a delivered series is deleted after this long; null: kept."
+    )
+    warm_start: bool = Field(
+        True,
+        description="Start a per-series run's networks from the pair trained on the last series of the same "
+        "protocol (warm_start_key), kept in the spool (warm_start/) for retention_hours; early stopping on "
+        "the series' held-out slices decides how many steps it still needs. false: every series starts "
+        "from random weights.",
+    )
+    warm_start_key: list[str] = Field(
+        default_factory=lambda: list(WARM_START_KEY),
+        min_length=1,
+        description="Header attributes (DICOM keywords) of a series' first instance whose values make its "
+        "protocol: series alike in all of them share a cached pair.",
     )
     sqlite_journal: Literal["wal", "delete"] = Field(
         "wal", description="wal: one machine; delete: a spool on a network filesystem shared by machines."

@@ -27,9 +27,9 @@ from huey.api import Huey
 from pydantic import BaseModel, ConfigDict, Field
 
 from n2d_dicom.derive import DerivationSettings, write_instances
-from n2d_dicom.dicom_read import read_dicom_files
-from n2d_dicom.measured import describe_measured
-from n2d_dicom.pipeline import denoise_series
+from n2d_dicom.dicom_read import DicomSeries, read_dicom_files
+from n2d_dicom.measured import describe_measured, describe_split
+from n2d_dicom.pipeline import DerivedSeries, denoise_series
 from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings, Route, route_for
 from scp_server.delivery import deliver
@@ -39,6 +39,7 @@ from scp_server.leases import new_owner, renewed
 from scp_server.run_summary import record
 from scp_server.spool import Spool
 from scp_server.stores import Stores
+from scp_server.warm_start import WarmStartCache, protocol_key
 
 log = logging.getLogger(__name__)
 
@@ -231,16 +232,21 @@ class SeriesProcessor:
         assert plan.route is not None
         route = plan.route
         uid_of = {path: uid for uid, path in instances}
+        reading = time.perf_counter()
         found, rejected = read_dicom_files(list(uid_of))
+        reading = time.perf_counter() - reading
         for skipped in rejected:
             log.warning("series %s: %s not denoised: %s", series_uid, skipped.path.name, skipped.reason)
         derivation = derivation_for_run(plan.derivation, run)
         for series in found:
             for problem in series.problems:
                 log.warning("series %s: %s", series_uid, printable(problem, 300))
-            derived = denoise_series(series, route.n2d, derivation, self.device, identity=f"run {run}")
+            derived = self._denoise(series, route, derivation, run)
             folder = self.stores.spool.root / "derived" / derived.series_uid
+            writing = time.perf_counter()
             paths = write_instances(derived.datasets, folder)
+            split = describe_split(derived.measured, reading=reading, writing=time.perf_counter() - writing)
+            reading = 0.0  # the run's files were read once, for all its series
             if not self.stores.tracker.holds(series_uid, run, owner):
                 raise NotOurs(f"not queued for delivery: {self._not_ours_any_more(series_uid, run)}")
             items = [(str(ds.SOPInstanceUID), path) for ds, path in zip(derived.datasets, paths)]
@@ -249,7 +255,7 @@ class SeriesProcessor:
             if self.settings.dashboard:
                 record(self.stores, self.settings, series_uid, run, series, derived)
             log.info(
-                "series %s run %d (%s): %d instances -> derived %s in %.1f s (%s)",
+                "series %s run %d (%s): %d instances -> derived %s in %.1f s (%s; %s)",
                 series_uid,
                 run,
                 route.name,
@@ -257,6 +263,7 @@ class SeriesProcessor:
                 derived.series_uid,
                 derived.seconds,
                 describe_measured(derived.measured),
+                split,
             )
         others = [(uid_of[r.path], r.path) for r in rejected if r.forwardable]
         if others and plan.forward_unmatched:
@@ -264,6 +271,21 @@ class SeriesProcessor:
         elif not found:
             reasons = sorted({r.reason for r in rejected})
             raise NoUsableImage(f"{len(rejected)} instance(s) skipped: {'; '.join(reasons)[:500]}")
+
+    def _denoise(
+        self, series: DicomSeries, route: Route, derivation: DerivationSettings, run: int
+    ) -> DerivedSeries:
+        """Denoise ``series`` as ``route`` says, warm-started from its protocol's cached pair where there is
+        one (:mod:`scp_server.warm_start`), and keep the pair it trains for the protocol's next series."""
+        cache = WarmStartCache.for_node(self.settings)
+        key = f"route={route.name}|{protocol_key(series.datasets[0], self.settings.warm_start_key)}"
+        start = None if cache is None else cache.load(key)
+        derived = denoise_series(
+            series, route.n2d, derivation, self.device, identity=f"run {run}", start=start, warm_key=key
+        )
+        if cache is not None:
+            cache.store(key, derived.measured)
+        return derived
 
 
 #: errno values that say "the spool cannot be written now", not "this series is broken".

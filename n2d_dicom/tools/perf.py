@@ -20,7 +20,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from n2d_dicom.engine import HELD_OUT_EVERY, REFINE_FACTORS, denoise_slices
+from n2d_dicom.measured import PHASE_NAMES, Measured, split_seconds, steps_taken
 from n2d_dicom.nlm import nlm_estimate
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.bench import peak_memory
@@ -64,20 +65,39 @@ class PerfPlan:
     repeats: int
     part_iterations: int | None = None
     """Steps of the per-slice comparison where it is cut down; None: ``settings.iterations``."""
+    node: N2DSettings | None = None
+    """Settings of the node's table (cold against warm on the volume, :func:`node_rows`); None: none."""
 
     @classmethod
     def for_device(cls, device: torch.device, settings: N2DSettings) -> PerfPlan:
-        """Paper settings on a GPU; on a CPU the per-slice part is cut down to stay within minutes."""
+        """Paper settings on a GPU; on a CPU the per-slice part is cut down to stay within minutes.
+
+        The node's table runs the node's defaults (per-series, every step on) at ``settings``' steps.
+        """
+        node = N2DSettings(mode="per-series", iterations=settings.iterations, precision=settings.precision)
         if device.type == "cuda":
-            return cls(settings, slices=64, side=256, volume_slices=300, volume_side=512, repeats=3)
+            return cls(
+                settings, slices=64, side=256, volume_slices=300, volume_side=512, repeats=3, node=node
+            )
         return cls(
-            settings, slices=4, side=96, volume_slices=100, volume_side=512, repeats=3, part_iterations=150
+            settings,
+            slices=4,
+            side=96,
+            volume_slices=100,
+            volume_side=512,
+            repeats=3,
+            part_iterations=150,
+            node=node,
         )
 
     def with_iterations(self, iterations: int) -> PerfPlan:
-        """Every row at ``iterations`` steps, the per-slice part included."""
+        """Every row at ``iterations`` steps, the per-slice part and the node's table included."""
+        node = None if self.node is None else self.node.model_copy(update={"iterations": iterations})
         return replace(
-            self, settings=self.settings.model_copy(update={"iterations": iterations}), part_iterations=None
+            self,
+            settings=self.settings.model_copy(update={"iterations": iterations}),
+            part_iterations=None,
+            node=node,
         )
 
 
@@ -94,6 +114,10 @@ class PerfRow:
     flops: float
     #: False when early stopping may have cut training short: ``flops`` is then an upper bound.
     flops_exact: bool = True
+    #: Steps each network took (stage 1 + stage 3), of the last run.
+    steps: str = ""
+    #: Median seconds of each phase the engine ran (:data:`~n2d_dicom.measured.PHASES`).
+    split: dict[str, float] = field(default_factory=dict)
 
 
 def network_flops(channels: int) -> float:
@@ -155,20 +179,29 @@ def measure(
     settings: N2DSettings,
     repeats: int,
     device: torch.device,
+    start: bytes | None = None,
 ) -> PerfRow:
-    """Denoise ``noisy`` ``repeats`` times: median seconds and peak memory, PSNR of the last run."""
+    """Denoise ``noisy`` ``repeats`` times: median seconds, split and peak memory, PSNR and steps of the
+    last run; ``start`` warm-starts every run from that pair."""
     flops = n2d_flops(settings, noisy.shape[0], noisy.shape[-1])
     seconds: list[float] = []
     peaks: list[float] = []
+    reports: list[Measured] = []
     estimate = clean
     for _ in range(repeats):
         with peak_memory(device) as peak:
             estimate, took = timed(
-                lambda: denoise_slices(noisy, settings, device).numpy().astype(np.float64), device
+                lambda: (
+                    denoise_slices(noisy, settings, device, report=reports.append, start=start)
+                    .numpy()
+                    .astype(np.float64)
+                ),
+                device,
             )
         seconds.append(took)
         peaks.append(peak[0])
     median = statistics.median
+    splits = [split_seconds((m,)) for m in reports]
     return PerfRow(
         part,
         method,
@@ -178,6 +211,8 @@ def measure(
         median(peaks),
         flops,
         not may_stop_early(settings, clean.shape[0]),
+        steps_taken(tuple(reports[-1:])),
+        {phase: median(split.get(phase, 0.0) for split in splits) for phase in splits[-1]},
     )
 
 
@@ -247,8 +282,38 @@ def format_perf_row(row: PerfRow, reference: PerfRow | None, device: torch.devic
     bound = "" if row.flops_exact else "<="
     return (
         f"| {row.part} | {row.method} | {row.seconds:.2f} | {rate:.3f} | {speedup} | {row.psnr:.2f} | "
-        f"{row.peak_mb:.0f} | {bound}{achieved / 1e9:.1f} | {bound}{share} |"
+        f"{row.peak_mb:.0f} | {bound}{achieved / 1e9:.1f} | {bound}{share} | {row.steps} | "
+        f"{format_split(row.split)} |"
     )
+
+
+def format_split(split: dict[str, float]) -> str:
+    """``training 12.3 s, inference passes 1.2 s, ...``: where a row's time went."""
+    return ", ".join(f"{PHASE_NAMES[phase]} {seconds:.1f}" for phase, seconds in split.items())
+
+
+#: Slices of the earlier series of the protocol that a warm start's pair is trained on.
+EARLIER_SLICES = 16
+
+
+def node_rows(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) -> list[PerfRow]:
+    """The node's defaults on the volume: cold (as every series ran before warm starts), then warm,
+    from the pair trained on an earlier series of the same protocol (another noise draw of the
+    phantom, :data:`EARLIER_SLICES` slices), and the ratio. One run each, in this process."""
+    assert plan.node is not None
+    clean = ellipsoid_phantom(plan.volume_slices, plan.volume_side, supersample=1)
+    noisy = torch.from_numpy(add_noise(clean, "gaussian", seed=1).astype(np.float32))
+    earlier = torch.from_numpy(add_noise(clean[:EARLIER_SLICES], "gaussian", seed=7).astype(np.float32))
+    reports: list[Measured] = []
+    denoise_slices(earlier, plan.node, device, report=reports.append)
+    part = f"{plan.volume_slices} x {plan.volume_side}^2, node defaults, {plan.node.iterations} it"
+    cold = measure(part, "cold (no earlier series)", clean, noisy, plan.node, 1, device)
+    echo(format_perf_row(cold, cold, device, plan.node.precision))
+    warm = measure(
+        part, "warm (earlier series' pair)", clean, noisy, plan.node, 1, device, reports[0].trained
+    )
+    echo(format_perf_row(warm, cold, device, plan.node.precision))
+    return [cold, warm]
 
 
 def run_perf(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) -> list[PerfRow]:
@@ -258,8 +323,11 @@ def run_perf(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) 
         f"n2d bench --perf: device {device} ({peak_source}); medians of {plan.repeats} runs; "
         "phantom, Gaussian sigma 25/255"
     )
-    echo("| volume | method | seconds | slices/s | vs reference | PSNR dB | peak MB | GFLOP/s | of peak |")
-    echo("|---|---|---|---|---|---|---|---|---|")
+    echo(
+        "| volume | method | seconds | slices/s | vs reference | PSNR dB | peak MB | GFLOP/s | of peak "
+        "| steps | seconds by phase |"
+    )
+    echo("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = perf_rows(plan, device, echo)
     slices, side = min(RISK_SLICES, plan.volume_slices), plan.volume_side
     echo("")
@@ -267,4 +335,13 @@ def run_perf(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) 
     echo("|---|---|")
     for name, seconds in classical_steps(device, slices, side, plan.repeats).items():
         echo(f"| {name} | {seconds:.3f} |")
+    if plan.node is not None:
+        echo("")
+        echo("Node defaults, cold against warm ('vs reference': speed against cold):")
+        echo(
+            "| volume | run | seconds | slices/s | vs cold | PSNR dB | peak MB | GFLOP/s | of peak "
+            "| steps | seconds by phase |"
+        )
+        echo("|---|---|---|---|---|---|---|---|---|---|---|")
+        rows += node_rows(plan, device, echo)
     return rows

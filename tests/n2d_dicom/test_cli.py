@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from n2d_dicom.engine import work_units
 from n2d_dicom.pipeline import denoise_nifti
 from n2d_dicom.settings import N2DSettings
 from tests.helpers import N2D
@@ -87,8 +88,24 @@ def test_per_series_mode_and_progress_bar(volume, tmp_path):
         "denoise", str(volume), str(out), "--iterations", "3", "--mode", "per-series", "--device", "cpu"
     )
     assert result.returncode == 0, result.stderr
-    assert "2/2" in result.stderr  # tqdm's final count
+    # The bar counts work units (steps, inference passes, non-local means, Wiener), not slices.
+    total = work_units(2, N2DSettings(iterations=3, mode="per-series"))
+    assert f"{total}/{total}" in result.stderr  # tqdm's final count
+    assert "Wiener step" in result.stderr  # the phase is the bar's description
     assert out.exists()
+
+
+def test_auto_mode_runs_per_series_from_8_slices_and_the_summary_says_so(tmp_path):
+    path = tmp_path / "eight.nii.gz"
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).normal(100, 10, (16, 16, 8)).astype(np.int16), np.eye(4)),
+        path,
+    )
+    args = ("--iterations", "2", "--device", "cpu", "--no-progress", "--nlm-blend", "0", "--no-wiener")
+    result = run("denoise", str(path), str(tmp_path / "out.nii.gz"), *args)
+    assert result.returncode == 0, result.stderr
+    assert "denoised 8 slices (per-series, 2 iterations" in result.stdout
+    assert "training " in result.stdout and "steps 2+2" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,99 @@
+"""What the engine ran and what it cost: ``mode: auto``, work units for progress, the time split,
+the steps taken, warm starts."""
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio
+
+from n2d_dicom.engine import EarlyStop, denoise_slices, new_networks, train, weights_digest, work_units
+from n2d_dicom.measured import Measured
+from n2d_dicom.model import StackedDenoiser
+from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom
+
+#: Tiny settings for tests that look at what ran, not at quality.
+TINY = N2DSettings(iterations=2, channels=4, nlm_blend=0, wiener=False, noise="white", anscombe="off")
+
+
+def ran(slices: int, settings: N2DSettings = TINY, **kwargs) -> Measured:
+    reports: list[Measured] = []
+    denoise_slices(torch.rand(slices, 16, 16), settings, torch.device("cpu"), report=reports.append, **kwargs)
+    return reports[0]
+
+
+def test_mode_auto_runs_per_slice_below_8_slices_and_per_series_from_8():
+    assert TINY.mode == "auto"
+    assert ran(4).mode == "per-slice"
+    assert ran(8).mode == "per-series"
+    assert ran(8, TINY.model_copy(update={"mode": "per-slice"})).mode == "per-slice"
+
+
+def test_progress_counts_every_work_unit_up_to_the_total_known_before(cpu):
+    settings = TINY.model_copy(update={"iterations": 5, "nlm_blend": 0.5, "wiener": True})
+    for slices in (3, 9):
+        heard: list[tuple[int, str]] = []
+
+        def hear(n: int, phase: str, heard: list[tuple[int, str]] = heard) -> None:
+            heard.append((n, phase))
+
+        denoise_slices(torch.rand(slices, 16, 16), settings, cpu, progress=hear)
+        assert sum(n for n, _ in heard) == work_units(slices, settings)
+        phases = [p for _, p in heard]
+        assert phases[0] == "noise measurement" and phases[-1] == "Wiener step"
+        assert {"training stage 1", "training stage 3", "non-local means"} <= set(phases)
+
+
+def test_early_stopping_counts_the_steps_it_saved_as_done(cpu):
+    settings = TINY.model_copy(update={"iterations": 1000})
+    net = new_networks([0], settings, cpu)
+    images = torch.rand(2, 1, 16, 16)
+
+    def stalled(net: StackedDenoiser, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (net(inputs) * 0).sum() + 1.0  # a loss that never improves
+
+    heard: list[int] = []
+    stop = EarlyStop(images, images)
+    taken = train(net, stalled, lambda: (images, images), settings, cpu, stop, heard.append)
+    assert taken == 399  # checks at steps 100, 200, 300, 400: the first sets the best, three stale
+    assert sum(heard) == settings.iterations
+
+
+def test_measured_holds_the_time_split_and_the_steps_each_network_took():
+    settings = TINY.model_copy(update={"nlm_blend": 0.5, "wiener": True})
+    measured = ran(8, settings)
+    assert measured.steps == (2, 2)
+    assert set(measured.seconds) == {"noise", "training", "inference", "nlm", "wiener"}
+    assert all(seconds >= 0 for seconds in measured.seconds.values())
+    assert ran(3).steps == (2, 2) and "nlm" not in ran(3).seconds
+
+
+def test_a_warm_start_begins_from_the_given_pair_and_says_which():
+    cold = ran(8)
+    assert cold.warm_from is None and cold.trained is not None
+    warm = ran(8, start=cold.trained)
+    assert warm.warm_from == weights_digest(cold.trained)
+    assert ran(3, start=cold.trained).warm_from is None  # per-slice mode trains its own pairs
+    wider = TINY.model_copy(update={"channels": 8})
+    assert ran(8, wider, start=cold.trained).warm_from is None  # another width: cold
+    assert ran(8, start=b"not weights").warm_from is None
+
+
+@pytest.mark.slow
+def test_a_warm_start_from_another_protocol_is_no_worse_than_cold_after_early_stopping(cpu):
+    """MR-like weights (a smooth Poisson phantom) warm-start a CT-like series (white noise, sharp)."""
+    settings = N2DSettings(
+        mode="per-series", iterations=400, channels=16, series_patch=32, nlm_blend=0, wiener=False
+    )
+    other = add_noise(ellipsoid_phantom(8, 48, supersample=2), "poisson", seed=5)
+    reports: list[Measured] = []
+    denoise_slices(torch.from_numpy(other.astype(np.float32)), settings, cpu, report=reports.append)
+    clean = ellipsoid_phantom(16, 48, supersample=2)[::-1].copy()
+    noisy = torch.from_numpy(add_noise(clean, "gaussian", seed=6).astype(np.float32))
+    cold = denoise_slices(noisy, settings, cpu).numpy().astype(np.float64)
+    warmed: list[Measured] = []
+    warm = denoise_slices(noisy, settings, cpu, report=warmed.append, start=reports[0].trained)
+    assert warmed[0].warm_from is not None
+    assert sum(warmed[0].steps) < 2 * settings.iterations
+    cold_psnr = peak_signal_noise_ratio(clean, cold, data_range=1)
+    assert peak_signal_noise_ratio(clean, warm.numpy().astype(np.float64), data_range=1) >= cold_psnr - 0.05

@@ -1,0 +1,36 @@
+"""``n2d bench --perf``: the time split, the steps taken, and the node's cold-against-warm table."""
+
+import torch
+
+from n2d_dicom.engine import warm_steps
+from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools.perf import PerfPlan, node_rows, run_perf
+
+
+def test_rows_give_the_steps_taken_and_the_seconds_of_each_phase(cpu):
+    lines: list[str] = []
+    settings = N2DSettings(iterations=2, channels=4)
+    plan = PerfPlan(settings, slices=2, side=16, volume_slices=2, volume_side=32, repeats=1)
+    rows = run_perf(plan, cpu, lines.append)
+    assert all(row.steps == "2+2" for row in rows)
+    assert all({"training", "inference"} <= set(row.split) for row in rows)
+    assert " | 2+2 | noise measurement " in lines[3] and "training" in lines[3]
+    assert lines[1].rstrip().endswith("| steps | seconds by phase |")
+
+
+def test_the_node_table_runs_cold_then_warm_from_an_earlier_series_pair(cpu):
+    node = N2DSettings(mode="per-series", iterations=4, channels=4, series_patch=16)
+    plan = PerfPlan(node, slices=1, side=16, volume_slices=8, volume_side=32, repeats=1, node=node)
+    lines: list[str] = []
+    cold, warm = node_rows(plan, cpu, lines.append)
+    assert (cold.method, warm.method) == ("cold (no earlier series)", "warm (earlier series' pair)")
+    assert cold.steps == "4+4" and warm.steps == f"{warm_steps(node)}+{warm_steps(node)}"
+    assert lines[0].split(" | ")[4] == "1.00x"  # cold against itself
+    assert len(lines) == 2 and torch.isfinite(torch.tensor([cold.psnr, warm.psnr])).all()
+
+
+def test_the_cpu_plan_has_the_node_table_at_the_node_defaults():
+    plan = PerfPlan.for_device(torch.device("cpu"), N2DSettings(nlm_blend=0, wiener=False))
+    assert plan.node is not None and plan.node.mode == "per-series"
+    assert plan.node.nlm_blend > 0 and plan.node.wiener
+    assert plan.with_iterations(7).node.iterations == 7
