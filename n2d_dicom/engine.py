@@ -59,10 +59,8 @@ HELD_OUT_EVERY = 8
 
 #: Training steps with fewer input pixels than this per CPU thread run on one thread.
 PIXELS_PER_THREAD = 32 * 1024
-#: A warm start's learning rate, as a share of ``learning_rate``.
-WARM_LEARNING_RATE = 0.5
-#: A warm-started network takes at most this share of ``iterations`` (the cosine schedule's length).
-WARM_FRACTION = 0.25
+#: A warm-started network takes at most this share of ``iterations``, its schedule compressed to them.
+WARM_FRACTION = 0.5
 #: A warm-started network's early stopping checks the held-out loss this many steps apart.
 WARM_CHECK_EVERY = 50
 
@@ -193,16 +191,6 @@ class EarlyStop:
         return self.stale >= self.patience
 
 
-def _schedule(
-    optimiser: torch.optim.Optimizer, steps: int, warm: bool
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cold: the learning rate halved at the half. Warm: cosine decay to zero over ``steps``, the
-    already trained weights needing small, shrinking steps rather than a long search."""
-    if warm:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, steps))
-    return torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, steps // 2), gamma=0.5)
-
-
 def train(
     net: StackedDenoiser,
     loss_fn: LossFn,
@@ -215,17 +203,18 @@ def train(
 ) -> int:
     """Train ``net`` with Adam for ``settings.iterations`` steps (fewer if ``stop`` says so).
 
-    Cold (random weights): learning rate ``settings.learning_rate``, halved at the half. ``warm``
-    (weights trained before): :data:`WARM_LEARNING_RATE` of it, cosine-decayed over
-    :func:`warm_steps`. ``on_step(n)`` hears every ``n`` steps done, and at a stop the steps left,
+    The learning rate ``settings.learning_rate`` is halved at the half of the steps: of ``iterations``
+    cold (random weights), of :func:`warm_steps` ``warm`` (weights trained before), whose schedule is
+    the cold one compressed (a quarter of the steps at half the rate and a cosine decay lost 0.75 dB
+    against cold on another protocol's weights; docs/benchmarks.md). ``on_step(n)`` hears every
+    ``n`` steps done, and at a stop the steps left,
     so that a progress count reaches its total. Returns the steps taken; ``net`` is left frozen in
     eval mode.
     """
     steps = warm_steps(settings) if warm else settings.iterations
-    lr = settings.learning_rate * (WARM_LEARNING_RATE if warm else 1.0)
     net.train()
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-    schedule = _schedule(optimiser, steps, warm)
+    optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, steps // 2), gamma=0.5)
     taken = 0
     first = batches()
     with _threads_for(first[0].numel() if device.type == "cpu" else None):
