@@ -77,6 +77,7 @@ def ct_series(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_derived_series_keeps_the_source_metadata_and_gets_new_uids(ct_series, tmp_path):
     series, derived, written = derive_folder(ct_series, tmp_path / "out")
     sources = {str(f.dataset.InstanceNumber): f.dataset for f in series.frames}
@@ -98,6 +99,7 @@ def test_derived_series_keeps_the_source_metadata_and_gets_new_uids(ct_series, t
         assert all(elem.tag.group != 0x0029 for elem in ds)
 
 
+@pytest.mark.slow
 def test_pixels_are_denoised_stored_values_of_the_same_format(ct_series, tmp_path):
     series, _, written = derive_folder(ct_series, tmp_path / "out")
     sources = {str(f.dataset.InstanceNumber): f.dataset.pixel_array for f in series.frames}
@@ -110,6 +112,7 @@ def test_pixels_are_denoised_stored_values_of_the_same_format(ct_series, tmp_pat
     assert volume.min() <= denoised.min() and denoised.max() <= volume.max()
 
 
+@pytest.mark.slow
 def test_provenance_is_recorded(ct_series, tmp_path):
     series, _, written = derive_folder(ct_series, tmp_path / "out")
     by_number = {str(f.dataset.InstanceNumber): f.dataset for f in series.frames}
@@ -151,6 +154,7 @@ def test_provenance_says_what_each_stack_measured():
     assert derivation_description(off).endswith("; measured: sampling stride 1, Anscombe not applied")
 
 
+@pytest.mark.slow
 def test_uid_root_and_labels_are_configurable(ct_series, tmp_path):
     derivation = DerivationSettings(
         uid_root="1.2.826.0.1.3680043.10.999.", series_number_offset=5, series_description_suffix=" denoised"
@@ -161,6 +165,7 @@ def test_uid_root_and_labels_are_configurable(ct_series, tmp_path):
     assert all(ds.SeriesDescription == "denoised" for ds in written)  # the source has none
 
 
+@pytest.mark.slow
 def test_enhanced_ct_frames_reference_their_source_frames(tmp_path):
     (series,), _ = read_dicom_files([data_file("eCT_Supplemental.dcm")])
     derived = denoise_series(series, QUICK, DerivationSettings(), torch.device("cpu"))
@@ -194,6 +199,7 @@ def dciodvfy_errors(path: Path) -> set[str]:
     return {line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VALIDATED)
 def test_derived_objects_add_no_dciodvfy_error_to_their_source(name, tmp_path):
     (series,), _ = read_dicom_files([data_file(name)])
@@ -202,6 +208,7 @@ def test_derived_objects_add_no_dciodvfy_error_to_their_source(name, tmp_path):
     assert dciodvfy_errors(path) - dciodvfy_errors(data_file(name)) == set()
 
 
+@pytest.mark.slow
 def test_implicit_little_endian_output_can_be_chosen(ct_series, tmp_path):
     derivation = DerivationSettings(transfer_syntax="implicit-little")
     _, _, written = derive_folder(ct_series, tmp_path / "out", derivation=derivation)
@@ -281,6 +288,7 @@ def test_a_lossy_compression_already_recorded_is_not_recorded_twice(tmp_path):
     assert derived.LossyImageCompressionRatio == 3
 
 
+@pytest.mark.slow
 def test_the_contribution_description_is_the_whole_derivation_description(ct_series, tmp_path):
     _, _, written = derive_folder(ct_series, tmp_path / "out")
     for ds in written:
@@ -298,6 +306,7 @@ def dciodvfy_not_in_iod(path: Path) -> set[str]:
     return {line for line in (result.stdout + result.stderr).splitlines() if NOT_IN_IOD in line}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["emri_small.dcm", "eCT_Supplemental.dcm"])
 def test_enhanced_objects_carry_their_derivation_only_in_the_functional_groups(name, tmp_path):
     (series,), _ = read_dicom_files([data_file(name)])

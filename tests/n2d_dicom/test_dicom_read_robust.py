@@ -131,6 +131,7 @@ MALFORMED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "target, where, keyword, raw", [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED]
 )
@@ -172,6 +173,7 @@ def test_a_slice_with_empty_geometry_is_placed_by_instance_number_with_a_warning
     assert "Image Position (Patient)" in note and paths[1].name in note
 
 
+@pytest.mark.slow
 def test_unreadable_values_of_attributes_not_used_are_noted_not_printed(tmp_path, caplog):
     paths = write_ct_series(tmp_path, [0.0, 5.0])
     ds = pydicom.dcmread(paths[0])

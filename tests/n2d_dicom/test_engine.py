@@ -18,6 +18,7 @@ from n2d_dicom.engine import (
     stage3_loss,
     train,
 )
+from n2d_dicom.measured import Measured
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom
@@ -113,6 +114,7 @@ def test_per_series_mode_denoises_every_slice(phantom, noisy_phantom, fast_setti
         )
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_output_on_cpu(noisy_phantom, cpu):
     settings = N2DSettings(iterations=10, channels=8)
     x = torch.from_numpy(noisy_phantom[:2].astype(np.float32))
@@ -121,6 +123,7 @@ def test_same_seed_gives_identical_output_on_cpu(noisy_phantom, cpu):
     )
 
 
+@pytest.mark.slow
 def test_per_slice_result_does_not_depend_on_the_slice_batch(noisy_phantom, cpu):
     x = torch.from_numpy(noisy_phantom[:3].astype(np.float32))
     one_by_one = denoise_slices(x, N2DSettings(iterations=10, channels=8, slice_batch=1), cpu)
@@ -149,8 +152,9 @@ def test_stage1_pipeline_stops_after_the_first_network(noisy_phantom, cpu):
     images = x.unsqueeze(0)  # (N=1, K=1 network, H, W)
     f = new_networks([settings.seed], settings, cpu)
     train(f, stage1_loss, lambda: (images, images), settings, cpu)  # in place
-    torch.testing.assert_close(stage1, first_estimate(f, images, settings.precision)[0], rtol=0, atol=0)
-    assert not torch.equal(stage1, denoise_slices(x, settings, cpu))  # the n2d pipeline goes on past d1
+    d1 = first_estimate(f, images, settings.precision)[0]
+    torch.testing.assert_close(stage1, d1, rtol=0, atol=1e-6)  # float rounding at most
+    assert (denoise_slices(x, settings, cpu) - d1).abs().max() > 1e-3  # the n2d pipeline goes on past d1
 
 
 def test_random_crops_take_the_same_even_aligned_window_of_inputs_and_targets():
@@ -202,10 +206,16 @@ def test_held_out_slices_are_every_eighth_and_never_trained_on():
 
 @pytest.mark.slow
 def test_per_series_with_early_stop_still_denoises(cpu):
-    clean = ellipsoid_phantom(8, 96, supersample=2)
+    clean = ellipsoid_phantom(8, 64, supersample=2)
     noisy = add_noise(clean, "gaussian", seed=4)
-    settings = N2DSettings(mode="per-series", iterations=600, channels=16, series_patch=32, early_stop=True)
-    out = denoise_slices(torch.from_numpy(noisy.astype(np.float32)), settings, cpu).numpy().astype(np.float64)
+    settings = N2DSettings(
+        mode="per-series", iterations=2000, learning_rate=0.01, channels=8, series_patch=32, early_stop=True
+    )
+    measured: list[Measured] = []
+    out = denoise_slices(torch.from_numpy(noisy.astype(np.float32)), settings, cpu, report=measured.append)
+    (ran,) = measured  # one stack of slices
+    assert len(ran.steps) == 2 and max(ran.steps) < settings.iterations  # both networks stopped early
+    out = out.numpy().astype(np.float64)
     assert (
         peak_signal_noise_ratio(clean, out, data_range=1)
         > peak_signal_noise_ratio(clean, noisy, data_range=1) + 2

@@ -114,6 +114,7 @@ def test_denoise_writes_the_preview_of_its_middle_slice(tmp_path):
     assert picture[LABEL_HEIGHT:].std() > 10
 
 
+@pytest.mark.slow
 def test_denoise_refuses_a_preview_that_is_not_a_png_before_denoising(tmp_path):
     args = ["denoise", str(tmp_path / "in.nii.gz"), str(tmp_path / "out.nii.gz"), "--preview", "p.jpg"]
     result = subprocess.run([str(N2D), *args], capture_output=True, text=True)

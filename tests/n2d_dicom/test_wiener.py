@@ -66,6 +66,7 @@ def test_no_noise_keeps_the_image_and_a_zero_pilot_removes_it():
     assert zero.abs().max() < 1e-6
 
 
+@pytest.mark.slow
 def test_a_good_pilot_and_the_noise_level_recover_a_real_slice(mr):
     noisy = torch.from_numpy(add_noise(mr, "gaussian", seed=3)).float()
     pilot = F.avg_pool2d(noisy[None], 3, stride=1, padding=1, count_include_pad=False)[0]
@@ -76,6 +77,7 @@ def test_a_good_pilot_and_the_noise_level_recover_a_real_slice(mr):
     assert psnr(mr, refined) > psnr(mr, pilot) + 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", [8, 16, 24])
 def test_the_risk_is_unbiased_for_a_pilot_independent_of_the_noise(mr, side):
     clean = torch.from_numpy(mr).float()[None].expand(12, 1, -1, -1)  # 12 noise draws

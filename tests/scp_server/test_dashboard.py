@@ -88,6 +88,7 @@ def page(board: Dashboard) -> str:
     return answer.body.decode()
 
 
+@pytest.mark.slow
 def test_a_run_records_what_its_series_is_and_the_noise_before_and_after_in_hu(processed):
     _, stores, series, sources = processed
     (run,) = stores.tracker.latest()
@@ -106,6 +107,7 @@ def test_a_run_records_what_its_series_is_and_the_noise_before_and_after_in_hu(p
     assert middle.size == (128, 128) and np.asarray(middle).std() > 5
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_run_and_no_patient_name_or_id(processed):
     settings, stores, series, sources = processed
     html = page(dashboard(settings, stores))
@@ -118,6 +120,7 @@ def test_the_page_shows_the_run_and_no_patient_name_or_id(processed):
     assert "CompressedSamples" not in html
 
 
+@pytest.mark.slow
 def test_thumbnails_are_served_and_nothing_else_under_runs(processed):
     settings, stores, series, _ = processed
     board = dashboard(settings, stores)
@@ -162,6 +165,7 @@ def test_retention_deletes_the_thumbnails_with_the_series(tmp_path):
         stores.close()
 
 
+@pytest.mark.slow
 def test_with_the_dashboard_off_no_thumbnail_or_summary_is_kept(tmp_path):
     _, stores, series, _ = process(tmp_path, dashboard=False)
     try:

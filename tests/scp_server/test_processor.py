@@ -65,6 +65,7 @@ def received(stores: Stores, files: list[Path]) -> tuple[str, int]:
     return due.series_instance_uid, due.run
 
 
+@pytest.mark.slow
 def test_a_complete_series_is_denoised_and_delivered_without_any_queue(tmp_path, stores, pacs):
     port, delivered = pacs
     settings = node_settings(tmp_path, port)
@@ -75,6 +76,7 @@ def test_a_complete_series_is_denoised_and_delivered_without_any_queue(tmp_path,
     assert len(delivered) == 3 and {ds.SeriesInstanceUID for ds in delivered} != {series}
 
 
+@pytest.mark.slow
 def test_a_run_follows_the_plan_it_was_claimed_with_not_a_config_edited_since(tmp_path, stores, pacs):
     port, delivered = pacs
     claimed_with = node_settings(tmp_path, port)
@@ -105,6 +107,7 @@ def test_a_series_with_no_usable_image_fails_with_the_reason(tmp_path, stores, p
     assert delivered == []
 
 
+@pytest.mark.slow
 def test_a_destination_that_is_down_costs_the_job_one_attempt(tmp_path, stores):
     """Finding 13: the single worker spent every send attempt's backoff per series while others waited."""
     settings = node_settings(tmp_path, free_port(), send_attempts=5, send_backoff_s=0.2)
@@ -138,6 +141,7 @@ def test_objects_that_are_not_images_to_denoise_are_forwarded_unchanged(tmp_path
     ]
 
 
+@pytest.mark.slow
 def test_an_outcome_that_cannot_be_recorded_at_once_is_recorded_when_the_database_takes_it(
     tmp_path, stores, pacs
 ):
@@ -159,6 +163,7 @@ def test_an_outcome_that_cannot_be_recorded_at_once_is_recorded_when_the_databas
     assert len(calls) == 3 and opened.tracker.state(series) == ("done", 1)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_the_derived_series_puts_the_run_back_instead_of_failing_it(
     tmp_path, stores, pacs, monkeypatch
 ):
@@ -183,6 +188,7 @@ def test_a_full_disk_while_writing_the_derived_series_puts_the_run_back_instead_
     assert opened.tracker.state(series) == ("done", 1) and len(delivered) == 2
 
 
+@pytest.mark.slow
 def test_a_run_superseded_while_it_was_denoised_sends_nothing(tmp_path, stores, pacs, monkeypatch):
     """Found by an adversarial review: a superseded run's partial derived series reached the PACS."""
     port, delivered = pacs

@@ -149,6 +149,7 @@ def test_undecodable_dataset_is_refused_and_quarantined(node, tmp_path, monkeypa
     assert reason.startswith("cannot decode dataset") and path.read_bytes().endswith(garbage)
 
 
+@pytest.mark.slow
 def test_full_disk_answers_out_of_resources_and_leaves_nothing_half_written(tmp_path):
     mount_point = tmp_path / "small"
     mount_point.mkdir()
@@ -330,6 +331,7 @@ def test_an_identical_copy_is_a_duplicate_and_changed_pixels_replace_the_stored_
     assert pydicom.dcmread(path).PixelData == changed.PixelData
 
 
+@pytest.mark.slow
 def test_objects_that_are_not_images_are_accepted_only_where_they_can_be_forwarded(tmp_path):
     """Finding 16: the node forwards objects it does not denoise where forward_unmatched says so."""
     dose = pydicom.dcmread(get_testdata_file("rtdose.dcm"))

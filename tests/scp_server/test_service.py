@@ -70,6 +70,7 @@ def get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
+@pytest.mark.slow
 def test_a_failing_background_loop_is_reported_counted_and_recovers_by_itself(tmp_path):
     """Finding 3: SQLite's 'disk is full' ended the series poller for good while /healthz said ok."""
     settings = NodeSettings(

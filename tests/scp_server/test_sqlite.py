@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from scp_server.sqlite import Database
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, state TEXT NOT NULL, owner TEXT);"
@@ -24,6 +26,7 @@ def test_columns_a_newer_version_added_appear_in_an_older_file(tmp_path: Path) -
     new.close()
 
 
+@pytest.mark.slow
 def test_claimers_on_separate_connections_each_get_a_row_once(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
     setup = Database(path, SCHEMA)

@@ -104,6 +104,7 @@ def warm_tags(folder: Path) -> set[tuple[str, str | None]]:
     return tags
 
 
+@pytest.mark.slow
 def test_the_second_series_of_a_protocol_is_warm_started_and_says_from_which_pair(tmp_path, stores, pacs):
     port, _ = pacs
     settings = node_settings(tmp_path, port)
@@ -125,6 +126,7 @@ def test_the_second_series_of_a_protocol_is_warm_started_and_says_from_which_pai
     assert keys == {f"route=ct|{protocol_key(pydicom.dcmread(sources[0]), WARM_START_KEY)}"}
 
 
+@pytest.mark.slow
 def test_with_warm_start_off_every_series_starts_cold(tmp_path, stores, pacs):
     port, _ = pacs
     settings = node_settings(tmp_path, port, warm_start=False)

@@ -17,6 +17,7 @@ from n2d_dicom.tools.bench import (
 TINY = BenchPlan(crop=96, settings=N2DSettings(iterations=3), phantom_slices=2, phantom_side=32)
 
 
+@pytest.mark.slow
 def test_benchmark_prints_one_table_row_per_method_and_case():
     lines: list[str] = []
     results = run_benchmark(TINY, torch.device("cpu"), ["phantom 2x32^2, gaussian"], [], lines.append)
@@ -41,6 +42,7 @@ def test_benchmark_prints_one_table_row_per_method_and_case():
     assert known.psnr > results[0].psnr
 
 
+@pytest.mark.slow
 def test_real_ct_and_mr_cases_have_no_series_mode():
     lines: list[str] = []
     results = run_benchmark(TINY, torch.device("cpu"), ["CT head, poisson"], ["N2D"], lines.append)
@@ -54,6 +56,7 @@ def test_real_ct_and_mr_cases_have_no_series_mode():
     assert results[0].case == "CT head, poisson"
 
 
+@pytest.mark.slow
 def test_the_quick_plan_runs_the_rows_users_compare_and_leaves_the_ablations_out():
     quick = replace(TINY, ablations=False)
     results = run_benchmark(quick, torch.device("cpu"), ["phantom 2x32^2, correlated"], [], [].append)
@@ -121,6 +124,7 @@ def test_a_method_named_exactly_runs_alone_and_a_part_of_a_name_runs_every_match
     assert select_methods(methods, []) == methods
 
 
+@pytest.mark.slow
 def test_the_scanner_made_cases_run_with_their_noise_in_the_header(monkeypatch):
     monkeypatch.setattr("n2d_dicom.tools.bench.VIEWS", 60)  # a coarse scan: the projections are quick
     lines: list[str] = []

@@ -46,6 +46,7 @@ def test_cpu_peak_comes_from_cpuinfo():
     assert source == f"2 CPU threads x {max(clocks):.0f} MHz x {per_cycle} fp32 FLOP/cycle (cpuinfo)"
 
 
+@pytest.mark.slow
 def test_perf_prints_every_row_with_the_reference_as_one(cpu):
     lines: list[str] = []
     plan = PerfPlan(
