@@ -118,17 +118,10 @@ def denoise_file(
     source: Path,
     output: Path,
     settings: N2DSettings,
-    device: DeviceOption = "auto",
-    axis: Annotated[
-        int | None, typer.Option(help="Slice axis 0-2; default: the header's slice axis, else 2.")
-    ] = None,
-    progress: ProgressOption = True,
-    preview: Annotated[
-        Path | None,
-        typer.Option(
-            help="Also write the middle slice's input, output and residual side by side to this PNG."
-        ),
-    ] = None,
+    device: str,
+    axis: int | None,
+    progress: bool,
+    preview: Path | None,
 ) -> None:
     """Denoise a NIfTI volume slice by slice, keeping its header, affine, dtype and scaling."""
     from n2d_dicom.pipeline import denoise_nifti, volume_work

@@ -48,7 +48,7 @@ from pydantic import (
 )
 
 from n2d_dicom.uids import printable
-from scp_server.sender import DELIVERED, Destination, SendResult
+from scp_server.sender import DELIVERED, Destination, SendResult, log_outcome
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +250,7 @@ def stow_files(
                 attempts,
                 results[pending[0]].error,
             )
-    log.info(
-        "send to %s: %d delivered, %d refused, %d undelivered",
-        destination.key,
-        sum(r.delivered for r in results.values()),
-        sum(r.refused for r in results.values()),
-        len(pending),
-    )
-    return [results[path] for path in paths]
+    return log_outcome(destination.key, paths, results)
 
 
 def _attempt(

@@ -179,12 +179,18 @@ def send_files(
         pending = still_pending
         if not pending:
             break
+    return log_outcome(destination.ae_title, paths, results)
+
+
+def log_outcome(destination: str, paths: list[Path], results: dict[Path, SendResult]) -> list[SendResult]:
+    """Log one line for a send to ``destination`` (its AE title or URL) and return the results in
+    the order of ``paths``: C-STORE and STOW-RS destinations are read the same way in the log."""
     log.info(
         "send to %s: %d delivered, %d refused, %d undelivered",
-        destination.ae_title,
+        destination,
         sum(r.delivered for r in results.values()),
         sum(r.refused for r in results.values()),
-        len(pending),
+        sum(not (r.delivered or r.refused) for r in results.values()),
     )
     return [results[path] for path in paths]
 
