@@ -27,7 +27,6 @@ import hashlib
 import io
 import logging
 import pickle
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,8 +56,6 @@ DETAIL_SEED_OFFSET = 1_000_003
 #: per-series early stopping holds out one slice in this many.
 HELD_OUT_EVERY = 8
 
-#: Training steps with fewer input pixels than this per CPU thread run on one thread.
-PIXELS_PER_THREAD = 32 * 1024
 #: A warm-started network takes at most this share of ``iterations``, its schedule compressed to them.
 WARM_FRACTION = 0.5
 #: A warm-started network's early stopping checks the held-out loss this many steps apart.
@@ -217,57 +214,25 @@ def train(
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, steps // 2), gamma=0.5)
     taken = 0
     first = batches()
-    with _threads_for(first[0].numel() if device.type == "cpu" else None):
-        for step in range(steps):
-            if stop is not None and stop.should_stop(net, loss_fn, step):
-                break
-            inputs, targets = first if step == 0 else batches()
-            with _precision(device, settings.precision):
-                loss = loss_fn(net, inputs, targets)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            taken += 1
-            if on_step:
-                on_step(1)
+    for step in range(steps):
+        if stop is not None and stop.should_stop(net, loss_fn, step):
+            break
+        inputs, targets = first if step == 0 else batches()
+        with _precision(device, settings.precision):
+            loss = loss_fn(net, inputs, targets)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        taken += 1
+        if on_step:
+            on_step(1)
     if on_step and settings.iterations > taken:
         on_step(settings.iterations - taken)
     net.eval()
     for param in net.parameters():
         param.requires_grad_(False)
     return taken
-
-
-_threads_lock = threading.Lock()
-_threads_held = [0, 0]  # runs on fewer threads now, the thread count to restore after the last
-
-
-@contextmanager
-def _threads_for(pixels: int | None) -> Iterator[None]:
-    """Train steps of ``pixels`` input pixels on one CPU thread when each thread would get fewer than
-    :data:`PIXELS_PER_THREAD` (None: leave the threads alone, e.g. on a GPU).
-
-    Small steps are mostly synchronisation: each operation waits for every thread, and on a busy
-    machine a descheduled thread stalls them all (figures in docs/benchmarks.md). ``torch`` threads
-    are per process, so a run in another thread of the process trains on one thread meanwhile.
-    """
-    threads = torch.get_num_threads()
-    if pixels is None or threads == 1 or pixels >= PIXELS_PER_THREAD * threads:
-        yield
-        return
-    with _threads_lock:
-        if _threads_held[0] == 0:
-            _threads_held[1] = threads
-            torch.set_num_threads(1)
-        _threads_held[0] += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_held[0] -= 1
-            if _threads_held[0] == 0:
-                torch.set_num_threads(_threads_held[1])
 
 
 def warm_steps(settings: N2DSettings) -> int:
@@ -426,13 +391,12 @@ def denoise_slices(
         raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
     clock = Clock(progress)
     settings = settings.model_copy(update={"mode": settings.mode_for(noisy.shape[0])})
-    with _threads_for(noisy.numel() if device.type == "cpu" else None):
-        with clock.phase("noise", PHASE_NAMES["noise"]):
-            stabiliser = stabiliser_for(noisy, settings.anscombe)
-            stabilised = noisy if stabiliser is None else stabiliser.forward(noisy)
-            stride = sampling_stride(stabilised, settings)
-        clock.advance(1, PHASE_NAMES["noise"])
-        out, trained, side = _denoise_stabilised(stabilised, stride, settings, device, clock, start)
+    with clock.phase("noise", PHASE_NAMES["noise"]):
+        stabiliser = stabiliser_for(noisy, settings.anscombe)
+        stabilised = noisy if stabiliser is None else stabiliser.forward(noisy)
+        stride = sampling_stride(stabilised, settings)
+    clock.advance(1, PHASE_NAMES["noise"])
+    out, trained, side = _denoise_stabilised(stabilised, stride, settings, device, clock, start)
     if report:
         report(
             Measured(
