@@ -25,7 +25,7 @@ from n2d_dicom.bids import Datatype
 from n2d_dicom.derive import DerivationSettings
 from n2d_dicom.devices import resolve_device
 from n2d_dicom.errors import N2DInputError
-from n2d_dicom.measured import Measured, describe_measured, describe_split, mode_ran
+from n2d_dicom.measured import Measured, as_ran, describe_measured, describe_split, mode_ran
 from n2d_dicom.nifti_io import default_slice_axis, read_nifti, slice_count
 from n2d_dicom.options import fail, guarded, options_from
 from n2d_dicom.settings import N2DSettings, Precision
@@ -144,7 +144,7 @@ def denoise_file(
         )
     ran = tuple(measured)
     typer.echo(
-        f"{output}: denoised {total} slices ({mode_ran(ran, settings.mode)}, {settings.iterations} "
+        f"{output}: denoised {total} slices ({mode_ran(ran, settings.mode)}, {as_ran(ran, settings).steps} "
         f"iterations, {torch_device}; {describe_measured(ran)}) in {time.perf_counter() - started:.1f} s "
         f"({describe_split(ran, **front_end)})"
     )

@@ -56,6 +56,7 @@ from n2d_dicom.atomic import atomic_path
 from n2d_dicom.measured import (
     Measured,
     anscombe_applied,
+    as_ran,
     describe_measured,
     mode_ran,
     sampling_strides,
@@ -178,12 +179,12 @@ def _source_reference(source: Dataset, frames: list[int] | None) -> Dataset:
 
 def derivation_description(provenance: Provenance) -> str:
     """Derivation Description in words (at most 1024 characters, ST)."""
-    n2d = provenance.n2d
+    n2d = as_ran(provenance.measured, provenance.n2d)
     return (
         f"Noise2Detail self-supervised denoising (n2d-dicom {__version__}): "
         f"{mode_ran(provenance.measured, n2d.mode)} mode, "
-        f"{n2d.pipeline} pipeline, {n2d.iterations} iterations, seed {n2d.seed}, "
-        f"{n2d.channels} channels, noise {n2d.noise}, Anscombe {n2d.anscombe}, "
+        f"{n2d.pipeline} pipeline, {n2d.steps} iterations, seed {n2d.seed}, "
+        f"{n2d.width} channels, noise {n2d.noise}, Anscombe {n2d.anscombe}, "
         f"non-local means weight {n2d.nlm_blend:g}, Wiener {'on' if n2d.wiener else 'off'}, "
         f"{n2d.precision} on {provenance.device}"
         + (f"; measured: {describe_measured(provenance.measured)}" if provenance.measured else "")
@@ -427,15 +428,15 @@ def values_already_checked() -> Iterator[None]:
 
 def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance) -> None:
     block = derived.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
-    n2d = provenance.n2d
+    n2d = as_ran(provenance.measured, provenance.n2d)
     block.add_new(0x01, "LO", __version__)
     block.add_new(
         0x02, "CS", mode_ran(provenance.measured, n2d.mode).upper().replace("-", "_").replace("/", "\\")
     )
-    block.add_new(0x03, "UL", n2d.iterations)
+    block.add_new(0x03, "UL", n2d.steps)
     block.add_new(0x04, "UL", n2d.seed)
     block.add_new(0x05, "LO", provenance.device[:64])
-    block.add_new(0x06, "US", n2d.channels)
+    block.add_new(0x06, "US", n2d.width)
     block.add_new(0x07, "LO", pixel_hash(source))
     block.add_new(0x08, "FD", float(provenance.seconds))
     block.add_new(0x09, "CS", n2d.pipeline.upper())

@@ -40,7 +40,7 @@ from n2d_dicom.devices import fit_slice_batch, free_memory
 from n2d_dicom.measured import PHASE_NAMES, Measured, Report
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.nlm import blend_nlm
-from n2d_dicom.noise import decorrelating_stride, keep_structure
+from n2d_dicom.noise import decorrelating_stride, keep_structure, spread_slices
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.variance import stabiliser_for
 from n2d_dicom.wiener import wiener_refine
@@ -55,6 +55,12 @@ REFINE_FACTORS = (2, 4)
 DETAIL_SEED_OFFSET = 1_000_003
 #: per-series early stopping holds out one slice in this many.
 HELD_OUT_EVERY = 8
+
+#: Pixels (times networks) of one inference call on a CPU: strips of about this many keep the hidden
+#: activations in cache, about twice as fast as whole slices (docs/benchmarks.md).
+STRIP_PIXELS = 96 * 512
+#: Rows a strip reads beyond its own on each side: the network's reach (two 3x3 convolutions).
+HALO = 2
 
 #: A warm-started network takes at most this share of ``iterations``, its schedule compressed to them.
 WARM_FRACTION = 0.5
@@ -154,7 +160,7 @@ def new_networks(seeds: list[int], settings: N2DSettings, device: torch.device) 
     for seed in seeds:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            singles.append(StackedDenoiser(1, settings.channels))
+            singles.append(StackedDenoiser(1, settings.width))
     net = singles[0] if len(singles) == 1 else StackedDenoiser.stack(singles)
     return net.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
@@ -198,9 +204,9 @@ def train(
     on_step: Callable[[int], None] | None = None,
     warm: bool = False,
 ) -> int:
-    """Train ``net`` with Adam for ``settings.iterations`` steps (fewer if ``stop`` says so).
+    """Train ``net`` with Adam for ``settings.steps`` steps (fewer if ``stop`` says so).
 
-    The learning rate ``settings.learning_rate`` is halved at the half of the steps: of ``iterations``
+    The learning rate ``settings.learning_rate`` is halved at the half of the steps: of ``steps``
     cold (random weights), of :func:`warm_steps` ``warm`` (weights trained before), whose schedule is
     the cold one compressed (a quarter of the steps at half the rate and a cosine decay lost 0.75 dB
     against cold on another protocol's weights; docs/benchmarks.md). ``on_step(n)`` hears every
@@ -208,7 +214,7 @@ def train(
     so that a progress count reaches its total. Returns the steps taken; ``net`` is left frozen in
     eval mode.
     """
-    steps = warm_steps(settings) if warm else settings.iterations
+    steps = warm_steps(settings) if warm else settings.steps
     net.train()
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, steps // 2), gamma=0.5)
@@ -227,8 +233,8 @@ def train(
         taken += 1
         if on_step:
             on_step(1)
-    if on_step and settings.iterations > taken:
-        on_step(settings.iterations - taken)
+    if on_step and settings.steps > taken:
+        on_step(settings.steps - taken)
     net.eval()
     for param in net.parameters():
         param.requires_grad_(False)
@@ -236,12 +242,32 @@ def train(
 
 
 def warm_steps(settings: N2DSettings) -> int:
-    """The most steps a warm-started network takes: :data:`WARM_FRACTION` of ``iterations``."""
-    return max(1, int(settings.iterations * WARM_FRACTION))
+    """The most steps a warm-started network takes: :data:`WARM_FRACTION` of ``settings.steps``."""
+    return max(1, int(settings.steps * WARM_FRACTION))
+
+
+def apply_in_strips(net: StackedDenoiser, x: Tensor) -> Tensor:
+    """``net(x)`` for ``(N, K, H, W)``, on a CPU one image and one strip of rows at a time.
+
+    Each strip reads :data:`HALO` rows beyond its own, so every output pixel sees the same
+    neighbours as in one pass over the image and the result is the same. Whole images would
+    run the hidden layers out of cache; on a GPU one call is faster, so it gets one.
+    """
+    n, k, h, w = x.shape
+    rows = max(1, STRIP_PIXELS // (k * w))
+    if x.device.type != "cpu" or (n == 1 and rows >= h):
+        return net(x)
+
+    def strips(image: Tensor) -> Iterator[Tensor]:
+        for top in range(0, h, rows):
+            first, last = max(0, top - HALO), min(h, top + rows + HALO)
+            yield net(image[..., first:last, :])[..., top - first : top - first + rows, :]
+
+    return torch.cat([torch.cat(list(strips(image)), dim=2) for image in x.split(1)])
 
 
 def _denoise_residual(net: StackedDenoiser, x: Tensor) -> Tensor:
-    return x - net(x).float()
+    return x - apply_in_strips(net, x).float()
 
 
 def _unshuffle_to_batch(x: Tensor, factor: int) -> Tensor:
@@ -290,7 +316,7 @@ def refine(
 def restore_detail(net: StackedDenoiser, smooth: Tensor, precision: str) -> Tensor:
     """Stage 3's output ``clamp(g(d2), 0, 1)``."""
     with torch.inference_mode(), _precision(smooth.device, precision):
-        return net(smooth).float().clamp(0, 1)
+        return apply_in_strips(net, smooth).float().clamp(0, 1)
 
 
 def pad_to_multiple(slices: Tensor, multiple: int = SIDE_MULTIPLE) -> tuple[Tensor, int, int]:
@@ -314,8 +340,8 @@ def work_units(slices: int, settings: N2DSettings) -> int:
     so the count always ends at this total.
     """
     stage1 = settings.pipeline == "stage1"
-    per_slice = settings.mode_for(slices) == "per-slice"
-    steps = settings.iterations * (1 if stage1 else 2) * (slices if per_slice else 1)
+    settings = settings.for_stack(slices)
+    steps = settings.steps * (1 if stage1 else 2) * (slices if settings.mode == "per-slice" else 1)
     passes = 1 if stage1 else 3
     extras = int(settings.nlm_blend > 0 and not stage1) + int(settings.wiener)
     return 1 + steps + slices * (passes + extras)
@@ -390,11 +416,12 @@ def denoise_slices(
     if noisy.ndim != 3:
         raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
     clock = Clock(progress)
-    settings = settings.model_copy(update={"mode": settings.mode_for(noisy.shape[0])})
+    settings = settings.for_stack(noisy.shape[0])
     with clock.phase("noise", PHASE_NAMES["noise"]):
-        stabiliser = stabiliser_for(noisy, settings.anscombe)
+        sample = spread_slices(noisy)
+        stabiliser = stabiliser_for(sample, settings.anscombe)
         stabilised = noisy if stabiliser is None else stabiliser.forward(noisy)
-        stride = sampling_stride(stabilised, settings)
+        stride = sampling_stride(sample if stabiliser is None else stabiliser.forward(sample), settings)
     clock.advance(1, PHASE_NAMES["noise"])
     out, trained, side = _denoise_stabilised(stabilised, stride, settings, device, clock, start)
     if report:
@@ -403,7 +430,7 @@ def denoise_slices(
                 stride=stride,
                 stabilised=stabiliser is not None,
                 wiener_side=side,
-                mode=settings.mode,
+                mode=settings.mode_for(noisy.shape[0]),
                 steps=trained.steps,
                 seconds=dict(clock.seconds),
                 warm_from=trained.warm_from,
@@ -436,7 +463,7 @@ def _denoise_stabilised(
     """
     padded, h, w = pad_to_multiple(noisy.to(device=device, dtype=torch.float32), SIDE_MULTIPLE * stride)
     fitted = fit_slice_batch(
-        settings.slice_batch, padded.shape[1], padded.shape[2], settings.channels, free_memory(device)
+        settings.slice_batch, padded.shape[1], padded.shape[2], settings.width, free_memory(device)
     )
     settings = settings.model_copy(update={"slice_batch": fitted})
     if settings.mode == "per-series":
@@ -531,16 +558,23 @@ def _run_stages(
 
 
 def random_crops(
-    inputs: Tensor, targets: Tensor, generator: torch.Generator, count: int, side: int | None
+    inputs: Tensor,
+    targets: Tensor,
+    generator: torch.Generator,
+    count: int,
+    side: int | None,
+    among: list[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The same ``count`` random crops (``side`` square, at even offsets) of ``inputs`` and ``targets``.
 
-    Crops come from slices drawn at random without replacement (all slices when there are
-    fewer); ``side=None``, or a side not smaller than the slices, takes whole slices. Even
-    offsets keep each crop's 2x2 blocks those of the slice, so its diagonal downsamples are
-    crops of the slice's.
+    Crops come from slices drawn at random without replacement from ``among`` (all slices when
+    None; all of them when there are fewer than ``count``); ``side=None``, or a side not smaller
+    than the slices, takes whole slices. Only the crops are copied, never the volume. Even offsets
+    keep each crop's 2x2 blocks those of the slice, so its diagonal downsamples are crops of the
+    slice's.
     """
-    picks = torch.randperm(inputs.shape[0], generator=generator)[:count].tolist()
+    pool = list(range(inputs.shape[0])) if among is None else among
+    picks = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:count].tolist()]
     _, _, h, w = inputs.shape
     if side is None or side >= min(h, w):
         return inputs[picks], targets[picks]
@@ -580,7 +614,7 @@ def _unpack_pair(
     settings (another width, a missing stage-3 network, unreadable)."""
     try:
         state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
-        if state["channels"] != settings.channels:
+        if state["channels"] != settings.width:
             return None
         f = new_networks([settings.seed], settings, device)
         f.load_state_dict(state["f"])
@@ -623,7 +657,7 @@ def _denoise_per_series(
             return None
         fixed = torch.Generator().manual_seed(settings.seed + 1)
         crops = random_crops(
-            inputs[held_out], targets[held_out], fixed, 2 * settings.series_batch, settings.series_patch
+            inputs, targets, fixed, 2 * settings.series_batch, settings.series_patch, held_out
         )
         return EarlyStop(*crops, every=WARM_CHECK_EVERY) if warm else EarlyStop(*crops)
 
@@ -640,7 +674,7 @@ def _denoise_per_series(
         f_steps = train(
             f,
             stage1_loss,
-            lambda: draw(volume[trained], volume[trained]),
+            lambda: draw(volume, volume, among=trained),
             settings,
             device,
             early_stop(volume, volume),
@@ -677,7 +711,7 @@ def _denoise_per_series(
         g_steps = train(
             g,
             stage3_loss,
-            lambda: draw(d2[trained], volume[trained]),
+            lambda: draw(d2, volume, among=trained),
             settings,
             device,
             early_stop(d2, volume),

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from n2d_dicom.settings import AUTO_SERIES_FROM, N2DSettings, RanMode
+
 #: The phases of a run, in order: what a run's seconds are split into. The engine times the middle
 #: five; the front ends (``n2d denoise``, ``denoise-dicom``, the node) time reading and writing.
 PHASES = ("reading", "noise", "training", "inference", "nlm", "wiener", "writing")
@@ -36,7 +38,7 @@ class Measured:
     """Whether the generalised Anscombe transform ran (noise measured as signal-dependent)."""
     wiener_side: int | None
     """Window side of the Wiener step; None where the step is off."""
-    mode: str = "per-slice"
+    mode: RanMode = "per-slice"
     """The mode that ran: ``per-slice`` or ``per-series`` (``auto`` decided on the stack's size)."""
     steps: tuple[int, ...] = ()
     """Adam steps each network took (stage 1, then stage 3), fewer than asked where early stopping
@@ -71,6 +73,12 @@ def mode_ran(measured: tuple[Measured, ...], asked: str) -> str:
     """The mode(s) that ran, e.g. ``per-series`` for ``auto`` on a long stack; ``asked`` where
     nothing was measured."""
     return "/".join(sorted({m.mode for m in measured})) or asked
+
+
+def as_ran(measured: tuple[Measured, ...], settings: N2DSettings) -> N2DSettings:
+    """``settings`` as they ran on the first stack (:meth:`~n2d_dicom.settings.N2DSettings.for_mode`),
+    iterations and channels decided; as they would run on a series where nothing was measured."""
+    return settings.for_mode(measured[0].mode if measured else settings.mode_for(AUTO_SERIES_FROM))
 
 
 def steps_taken(measured: tuple[Measured, ...]) -> str:

@@ -36,6 +36,9 @@ CORRELATED_FROM = 0.2
 #: about 12 independent values in a 7x7 box, whose mean energy exceeds 3 noise variances with
 #: probability under 1e-3.
 STRUCTURE_FROM, STRUCTURE_AT = 3.0, 6.0
+#: The noise is measured on at most this many slices, evenly spread: a series' noise is the same
+#: on all of them, and measuring more only costs time that grows with the series.
+MEASURED_SLICES = 16
 #: Local means outside this range are treated as clipped (the residual there is not the noise).
 UNCLIPPED = (0.02, 0.98)
 #: The median of ``|x|`` for a standard normal ``x``: a median absolute value over this is a sigma.
@@ -59,6 +62,13 @@ def noise_sigma(image: Tensor) -> Tensor:
     if detail.numel() == 0:
         return torch.zeros((), dtype=torch.float32)
     return (detail.median() / NORMAL_MAD).to(torch.float32)
+
+
+def spread_slices(slices: Tensor, count: int = MEASURED_SLICES) -> Tensor:
+    """At most ``count`` slices of ``(S, ...)``, evenly spread from the first to the last."""
+    if slices.shape[0] <= count:
+        return slices
+    return slices[torch.linspace(0, slices.shape[0] - 1, count).round().long()]
 
 
 def lag_correlations(slices: Tensor, max_lag: int = MAX_STRIDE) -> list[float]:

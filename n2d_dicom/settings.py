@@ -20,6 +20,10 @@ Anscombe = Literal["off", "on", "auto"]
 
 #: ``mode: auto`` trains per-series on stacks of at least this many slices.
 AUTO_SERIES_FROM = 8
+#: The most Adam steps of each network where ``iterations`` is not set, by the mode that runs.
+DEFAULT_ITERATIONS: dict[RanMode, int] = {"per-slice": 2000, "per-series": 600}
+#: Hidden channels of each network where ``channels`` is not set, by the mode that runs.
+DEFAULT_CHANNELS: dict[RanMode, int] = {"per-slice": 48, "per-series": 32}
 
 
 class N2DSettings(BaseModel):
@@ -76,9 +80,22 @@ class N2DSettings(BaseModel):
         "the window side (8, 16 or 24) is chosen per series by Stein's unbiased risk estimate. "
         "false: N2D alone.",
     )
-    iterations: int = Field(2000, ge=1, le=100_000, description="Adam steps for each of the two networks.")
+    iterations: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Adam steps for each of the two networks (the most, where early stopping may stop "
+        "sooner). null: 2000 per-slice (the paper's), 600 per-series, where every step draws new crops "
+        "of the series and more steps measured no better (docs/benchmarks.md).",
+    )
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")
-    channels: int = Field(48, ge=4, le=512, description="Hidden channels of each network.")
+    channels: int | None = Field(
+        None,
+        ge=4,
+        le=512,
+        description="Hidden channels of each network. null: 48 per-slice (the paper's), 32 per-series, "
+        "which measured as good there at half the time (docs/benchmarks.md).",
+    )
     seed: int = Field(0, ge=0, description="Seeds network initialisation and slice sampling.")
     precision: Precision = Field(
         "fp32",
@@ -116,3 +133,32 @@ class N2DSettings(BaseModel):
         if self.mode != "auto":
             return self.mode
         return "per-series" if slices >= AUTO_SERIES_FROM else "per-slice"
+
+    def for_mode(self, mode: RanMode) -> N2DSettings:
+        """These settings as they run in ``mode``: ``iterations`` and ``channels`` the mode's defaults
+        where they are not set."""
+        return self.model_copy(
+            update={
+                "mode": mode,
+                "iterations": self.iterations or DEFAULT_ITERATIONS[mode],
+                "channels": self.channels or DEFAULT_CHANNELS[mode],
+            }
+        )
+
+    def for_stack(self, slices: int) -> N2DSettings:
+        """These settings as they run on a stack of ``slices`` slices (:meth:`for_mode`)."""
+        return self.for_mode(self.mode_for(slices))
+
+    @property
+    def steps(self) -> int:
+        """The most Adam steps of each network, of settings :meth:`for_mode` decided."""
+        if self.iterations is None:
+            raise ValueError("steps of undecided settings: call for_mode or for_stack first")
+        return self.iterations
+
+    @property
+    def width(self) -> int:
+        """Hidden channels of each network, of settings :meth:`for_mode` decided."""
+        if self.channels is None:
+            raise ValueError("width of undecided settings: call for_mode or for_stack first")
+        return self.channels

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from n2d_dicom.noise import noise_sigma
+from n2d_dicom.noise import noise_sigma, spread_slices
 from n2d_dicom.variance import NoiseLevel, noise_level
 
 log = logging.getLogger(__name__)
@@ -196,21 +196,22 @@ def noise_models(noisy: Tensor, stride: int) -> ModelFor:
     """How the noise of the ``(S, 1, 1, H, W)`` slices is modelled, given N2D's sampling ``stride``.
 
     White noise (stride 1): where the noise level can be measured by intensity
-    (:func:`n2d_dicom.variance.noise_level`, fitted on all slices), the variance it gives; else
+    (:func:`n2d_dicom.variance.noise_level`, fitted on up to 16 slices spread over the series),
+    the variance it gives; else
     each slice's :func:`n2d_dicom.noise.noise_sigma` squared. Correlated noise: each slice's
     residual spectrum, rescaled to the noise's total variance measured on the decorrelated
     ``stride x stride`` sub-images, where it is white. The residual alone under-measures it
     wherever the pilot keeps some noise.
     """
     if stride > 1:
-        power = decorrelated_power(noisy[:, 0, 0], stride)
+        power = decorrelated_power(spread_slices(noisy[:, 0, 0]), stride)
 
         def correlated(y: Tensor, p: Tensor, side: int) -> NoiseModel:
             spectrum = residual_spectrum(y, p, side)
             return constant((spectrum * power / spectrum.mean().clamp_min(MIN_VARIANCE)).view(1, -1, 1, 1))
 
         return correlated
-    level = noise_level(noisy[:, 0, 0])
+    level = noise_level(spread_slices(noisy[:, 0, 0]))
     if level is not None:
         return lambda _y, _p, _side: by_intensity(level)
     return lambda y, _p, _side: constant(noise_sigma(y[0, 0]).square())

@@ -132,13 +132,14 @@ def may_stop_early(settings: N2DSettings, slices: int) -> bool:
 
 def n2d_flops(settings: N2DSettings, slices: int, side: int) -> float:
     """FLOPs of denoising ``slices`` of ``side``^2 pixels with ``settings`` (both stages, counted)."""
-    per_pixel = network_flops(settings.channels)
+    settings = settings.for_stack(slices)
+    per_pixel = network_flops(settings.width)
     if settings.mode == "per-series":
         patch = side if settings.series_patch is None else min(settings.series_patch, side)
         trained_pixels = min(settings.series_batch, slices) * patch * patch
     else:
         trained_pixels = slices * side * side
-    training = 2 * settings.iterations * trained_pixels * TRAIN_PIXELS_PER_STEP * FORWARD_AND_BACKWARD
+    training = 2 * settings.steps * trained_pixels * TRAIN_PIXELS_PER_STEP * FORWARD_AND_BACKWARD
     return (training + slices * side * side * INFERENCE_PASSES) * per_pixel
 
 

@@ -8,6 +8,7 @@ from n2d_dicom.engine import (
     _held_out_split,
     _shuffle_from_batch,
     _unshuffle_to_batch,
+    apply_in_strips,
     denoise_slices,
     diagonal_downsamples,
     first_estimate,
@@ -170,6 +171,23 @@ def test_random_crops_take_the_same_even_aligned_window_of_inputs_and_targets():
         assert torch.equal(crop, inputs[slice_index, :, top : top + 8, left : left + 8])
     whole, _ = random_crops(inputs, targets, torch.Generator().manual_seed(0), count=2, side=20)
     assert whole.shape == (2, 1, 20, 24)
+
+
+def test_random_crops_draw_only_from_the_slices_given():
+    volume = torch.arange(10.0).view(10, 1, 1, 1).expand(10, 1, 16, 16)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        crops, _ = random_crops(volume, volume, generator, 3, 8, among=[2, 5, 7])
+        assert set(crops[:, 0, 0, 0].tolist()) <= {2.0, 5.0, 7.0}
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 20), (3, 2, 64, 24)])
+def test_inference_in_strips_gives_what_one_pass_gives(monkeypatch, shape, cpu):
+    monkeypatch.setattr("n2d_dicom.engine.STRIP_PIXELS", 5 * shape[3] * shape[1])  # strips of 5 rows
+    net = new_networks(list(range(shape[1])), N2DSettings(channels=8), cpu).eval()
+    x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(apply_in_strips(net, x), net(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
