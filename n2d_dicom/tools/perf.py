@@ -67,17 +67,28 @@ class PerfPlan:
     """Steps of the per-slice comparison where it is cut down; None: ``settings.iterations``."""
     node: N2DSettings | None = None
     """Settings of the node's table (cold against warm on the volume, :func:`node_rows`); None: none."""
+    before: N2DSettings | None = None
+    """The node's defaults before the speed work of issue 16, the node table's first row; None: none."""
 
     @classmethod
     def for_device(cls, device: torch.device, settings: N2DSettings) -> PerfPlan:
         """Paper settings on a GPU; on a CPU the per-slice part is cut down to stay within minutes.
 
-        The node's table runs the node's defaults (per-series, every step on) at ``settings``' steps.
+        The node's table runs the node's defaults (per-series, every step on) at ``settings``' steps,
+        after :data:`BEFORE` (the defaults the node had before, on this engine) on the same volume.
         """
         node = N2DSettings(mode="per-series", iterations=settings.iterations, precision=settings.precision)
+        before = node.model_copy(update=BEFORE)
         if device.type == "cuda":
             return cls(
-                settings, slices=64, side=256, volume_slices=300, volume_side=512, repeats=3, node=node
+                settings,
+                slices=64,
+                side=256,
+                volume_slices=300,
+                volume_side=512,
+                repeats=3,
+                node=node,
+                before=before,
             )
         return cls(
             settings,
@@ -88,17 +99,26 @@ class PerfPlan:
             repeats=3,
             part_iterations=150,
             node=node,
+            before=before,
         )
 
     def with_iterations(self, iterations: int) -> PerfPlan:
         """Every row at ``iterations`` steps, the per-slice part and the node's table included."""
-        node = None if self.node is None else self.node.model_copy(update={"iterations": iterations})
+        node, before = (
+            None if run is None else run.model_copy(update={"iterations": iterations})
+            for run in (self.node, self.before)
+        )
         return replace(
             self,
             settings=self.settings.model_copy(update={"iterations": iterations}),
             part_iterations=None,
             node=node,
+            before=before,
         )
+
+
+#: The node's per-series defaults before issue 16: the paper's width, 2000 steps at most.
+BEFORE = {"channels": 48, "iterations": 2000}
 
 
 @dataclass(frozen=True)
@@ -217,6 +237,13 @@ def measure(
     )
 
 
+def steps_label(settings: N2DSettings, slices: int) -> str:
+    """``600 it``: the most steps of each network, or ``default it`` where they depend on the mode."""
+    if settings.mode != "auto" or settings.iterations is not None:
+        return f"{settings.for_stack(slices).steps} it"
+    return "default it"
+
+
 def perf_rows(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) -> list[PerfRow]:
     """The per-slice comparison against the reference, then the CT-sized per-series volume."""
     clean = ellipsoid_phantom(plan.slices, plan.side)
@@ -232,7 +259,7 @@ def perf_rows(plan: PerfPlan, device: torch.device, echo: Callable[[str], None])
         f"per-series, {base.precision}": base.model_copy(update={"mode": "per-series"}),
     }
     rows: list[PerfRow] = []
-    part = f"{plan.slices} x {plan.side}^2, {base.iterations} it"
+    part = f"{plan.slices} x {plan.side}^2, {steps_label(base, plan.slices)}"
     for name, variant in variants.items():
         row = measure(part, name, clean, noisy, variant, plan.repeats, device)
         echo(format_perf_row(row, rows[0] if rows else row, device, variant.precision))
@@ -241,7 +268,7 @@ def perf_rows(plan: PerfPlan, device: torch.device, echo: Callable[[str], None])
     volume = torch.from_numpy(add_noise(volume_clean, "gaussian", seed=1).astype(np.float32))
     series = settings.model_copy(update={"mode": "per-series"})
     row = measure(
-        f"{plan.volume_slices} x {plan.volume_side}^2, {series.iterations} it",
+        f"{plan.volume_slices} x {plan.volume_side}^2, {steps_label(series, plan.volume_slices)}",
         f"per-series, {series.precision}",
         volume_clean,
         volume,
@@ -298,23 +325,30 @@ EARLIER_SLICES = 16
 
 
 def node_rows(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) -> list[PerfRow]:
-    """The node's defaults on the volume: cold (as every series ran before warm starts), then warm,
-    from the pair trained on an earlier series of the same protocol (another noise draw of the
-    phantom, :data:`EARLIER_SLICES` slices), and the ratio. One run each, in this process."""
+    """The node's defaults on the volume: first as they were before issue 16 (``plan.before``, where
+    set), then cold (no earlier series), then warm, from the pair trained on an earlier series of the
+    same protocol (another noise draw of the phantom, :data:`EARLIER_SLICES` slices). The speed of
+    each is against the first row. One run each, in this process."""
     assert plan.node is not None
     clean = ellipsoid_phantom(plan.volume_slices, plan.volume_side, supersample=1)
     noisy = torch.from_numpy(add_noise(clean, "gaussian", seed=1).astype(np.float32))
     earlier = torch.from_numpy(add_noise(clean[:EARLIER_SLICES], "gaussian", seed=7).astype(np.float32))
     reports: list[Measured] = []
     denoise_slices(earlier, plan.node, device, report=reports.append)
-    part = f"{plan.volume_slices} x {plan.volume_side}^2, node defaults, {plan.node.iterations} it"
-    cold = measure(part, "cold (no earlier series)", clean, noisy, plan.node, 1, device)
-    echo(format_perf_row(cold, cold, device, plan.node.precision))
-    warm = measure(
-        part, "warm (earlier series' pair)", clean, noisy, plan.node, 1, device, reports[0].trained
-    )
-    echo(format_perf_row(warm, cold, device, plan.node.precision))
-    return [cold, warm]
+    part = f"{plan.volume_slices} x {plan.volume_side}^2, node defaults"
+    runs: list[tuple[str, N2DSettings, bytes | None]] = [
+        ("cold (no earlier series)", plan.node, None),
+        ("warm (earlier series' pair)", plan.node, reports[0].trained),
+    ]
+    if plan.before is not None:
+        runs.insert(0, (f"before issue 16 ({plan.before.width} channels)", plan.before, None))
+    rows: list[PerfRow] = []
+    for name, settings, start in runs:
+        label = f"{name}, {steps_label(settings, plan.volume_slices)}"
+        row = measure(part, label, clean, noisy, settings, 1, device, start)
+        echo(format_perf_row(row, rows[0] if rows else row, device, settings.precision))
+        rows.append(row)
+    return rows
 
 
 def run_perf(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) -> list[PerfRow]:
@@ -338,9 +372,9 @@ def run_perf(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) 
         echo(f"| {name} | {seconds:.3f} |")
     if plan.node is not None:
         echo("")
-        echo("Node defaults, cold against warm ('vs reference': speed against cold):")
+        echo("Node defaults, before issue 16, cold and warm ('vs first': speed against the first row):")
         echo(
-            "| volume | run | seconds | slices/s | vs cold | PSNR dB | peak MB | GFLOP/s | of peak "
+            "| volume | run | seconds | slices/s | vs first | PSNR dB | peak MB | GFLOP/s | of peak "
             "| steps | seconds by phase |"
         )
         echo("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -74,8 +74,8 @@ def test_bench_perf_command_runs(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     # header row, 3 comparison rows, the volume; header row and 2 rows of the steps outside the networks;
-    # the node's table: header row, cold and warm
-    assert run.stdout.count("\n| ") == 5 + 3 + 3
+    # the node's table: header row, before issue 16, cold and warm
+    assert run.stdout.count("\n| ") == 5 + 3 + 4
 
 
 def test_flops_are_an_upper_bound_only_where_early_stopping_can_cut_training():

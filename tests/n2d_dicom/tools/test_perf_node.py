@@ -18,15 +18,23 @@ def test_rows_give_the_steps_taken_and_the_seconds_of_each_phase(cpu):
     assert lines[1].rstrip().endswith("| steps | seconds by phase |")
 
 
-def test_the_node_table_runs_cold_then_warm_from_an_earlier_series_pair(cpu):
+def test_the_node_table_runs_before_then_cold_then_warm_from_an_earlier_series_pair(cpu):
     node = N2DSettings(mode="per-series", iterations=4, channels=4, series_patch=16)
-    plan = PerfPlan(node, slices=1, side=16, volume_slices=8, volume_side=32, repeats=1, node=node)
+    before = node.model_copy(update={"iterations": 6, "channels": 8})
+    plan = PerfPlan(
+        node, slices=1, side=16, volume_slices=8, volume_side=32, repeats=1, node=node, before=before
+    )
     lines: list[str] = []
-    cold, warm = node_rows(plan, cpu, lines.append)
-    assert (cold.method, warm.method) == ("cold (no earlier series)", "warm (earlier series' pair)")
-    assert cold.steps == "4+4" and warm.steps == f"{warm_steps(node)}+{warm_steps(node)}"
-    assert lines[0].split(" | ")[4] == "1.00x"  # cold against itself
-    assert len(lines) == 2 and torch.isfinite(torch.tensor([cold.psnr, warm.psnr])).all()
+    old, cold, warm = node_rows(plan, cpu, lines.append)
+    assert (old.method, cold.method, warm.method) == (
+        "before issue 16 (8 channels), 6 it",
+        "cold (no earlier series), 4 it",
+        "warm (earlier series' pair), 4 it",
+    )
+    assert old.steps == "6+6" and cold.steps == "4+4"
+    assert warm.steps == f"{warm_steps(node)}+{warm_steps(node)}"
+    assert lines[0].split(" | ")[4] == "1.00x"  # the first row against itself
+    assert len(lines) == 3 and torch.isfinite(torch.tensor([old.psnr, cold.psnr, warm.psnr])).all()
 
 
 def test_the_cpu_plan_has_the_node_table_at_the_node_defaults():
@@ -34,3 +42,5 @@ def test_the_cpu_plan_has_the_node_table_at_the_node_defaults():
     assert plan.node is not None and plan.node.mode == "per-series"
     assert plan.node.nlm_blend > 0 and plan.node.wiener
     assert plan.with_iterations(7).node.iterations == 7
+    assert plan.before is not None and (plan.before.width, plan.before.steps) == (48, 2000)
+    assert plan.with_iterations(7).before.iterations == 7
