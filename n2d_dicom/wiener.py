@@ -53,9 +53,6 @@ SMALL_IMAGE_SIDE = 16
 WINDOWS_ACROSS = 8
 #: At most this many slices, evenly spread, choose the side.
 RISK_SLICES = 8
-#: The side is chosen on the centre crop of this side of each of those slices, so that choosing
-#: costs the same on 1024x1024 slices as on 256x256 (docs/benchmarks.md: what it changed).
-RISK_CROP = 256
 #: Window rows transformed at once; bounds memory to ``side^2 x BAND x width / step`` coefficients.
 BAND = 64
 #: Noise variances are at least this (in [0, 1] intensity units squared; a sigma of 1e-5).
@@ -233,22 +230,22 @@ def decorrelated_power(slices: Tensor, stride: int) -> float:
 
 
 def least_risk_side(noisy: Tensor, pilot: Tensor, model_for: ModelFor) -> tuple[int, dict[int, Tensor]]:
-    """The side of :data:`SIDES` with the least summed risk on the centre :data:`RISK_CROP` pixels
-    of up to :data:`RISK_SLICES` of the ``(S, 1, 1, H, W)`` slices, counted where every side's risk
-    is unbiased; one side for the whole series. Images under ``2 max(SIDES)`` pixels a side take
-    :data:`SMALL_IMAGE_SIDE`.
+    """The side of :data:`SIDES` with the least summed risk on up to :data:`RISK_SLICES` of the
+    ``(S, 1, 1, H, W)`` slices, counted where every side's risk is unbiased; one side for the whole
+    series. Images under ``2 max(SIDES)`` pixels a side take :data:`SMALL_IMAGE_SIDE`.
 
-    Also returns the estimates at that side of the slices it was chosen on, by slice index, where
-    the crop was the whole slice, so that they are not filtered twice.
+    Also returns the estimates at that side of the slices it was chosen on, by slice index, so
+    that they are not filtered twice.
     """
     margin = max(SIDES) // 2
     shortest = min(noisy.shape[-2:])
     if shortest < 4 * margin:
         return min(SMALL_IMAGE_SIDE, shortest), {}
     sample = torch.linspace(0, len(noisy) - 1, min(len(noisy), RISK_SLICES)).round().long().unique().tolist()
-    crops = {k: (centre_crop(noisy[k], RISK_CROP), centre_crop(pilot[k], RISK_CROP)) for k in sample}
     trials = {
-        side: [wiener_filter(y, p, model_for(y, p, side), side, True) for y, p in crops.values()]
+        side: [
+            wiener_filter(noisy[k], pilot[k], model_for(noisy[k], pilot[k], side), side, True) for k in sample
+        ]
         for side in SIDES
     }
     risks = [
@@ -257,16 +254,7 @@ def least_risk_side(noisy: Tensor, pilot: Tensor, model_for: ModelFor) -> tuple[
     ]
     side = SIDES[risks.index(min(risks))]
     log.debug("wiener: window side %d (risks %s)", side, ", ".join(f"{r:.3g}" for r in risks))
-    if max(noisy.shape[-2:]) > RISK_CROP:
-        return side, {}
     return side, {k: estimate for k, (estimate, _) in zip(sample, trials[side])}
-
-
-def centre_crop(image: Tensor, side: int) -> Tensor:
-    """The centre ``side x side`` pixels of ``(..., H, W)`` (all of a shorter dimension)."""
-    h, w = image.shape[-2:]
-    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return image[..., top : top + side, left : left + side]
 
 
 def wiener_refine(noisy: Tensor, pilot: Tensor, stride: int) -> tuple[Tensor, int]:

@@ -15,14 +15,10 @@ from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.bench import real_crop
 from n2d_dicom.tools.phantom import add_noise, binomial_filtered_noise
 from n2d_dicom.wiener import (
-    RISK_CROP,
     SIDES,
-    centre_crop,
     constant,
     dct_matrix,
     decorrelated_power,
-    least_risk_side,
-    noise_models,
     residual_spectrum,
     wiener_filter,
     wiener_refine,
@@ -138,16 +134,3 @@ def test_the_engine_runs_without_pywavelets():
         "assert out.shape == (1, 24, 24)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
-
-
-def test_the_side_is_chosen_on_centre_crops_of_large_slices():
-    """Choosing costs the same on large slices: their centre crops choose, as they would alone."""
-    clean = torch.from_numpy(real_crop("693_UNCI.dcm", RISK_CROP + 64)).float()
-    noisy = torch.from_numpy(add_noise(clean.numpy(), "gaussian", seed=4)).float()
-    pilot = (clean + 0.3 * (noisy - clean)).clamp(0, 1)  # a pilot that kept some noise
-    full = noisy[:, None, None], pilot[:, None, None]
-    crops = centre_crop(full[0], RISK_CROP), centre_crop(full[1], RISK_CROP)
-    side, done = least_risk_side(*full, noise_models(full[0], 1))
-    crop_side, crop_done = least_risk_side(*crops, noise_models(crops[0], 1))
-    assert side == crop_side and side in SIDES
-    assert done == {} and list(crop_done) == [0]  # whole-slice estimates are reused only where whole
