@@ -1,0 +1,34 @@
+"""The N2D knobs: per-mode defaults of steps and width, decided where the stack's size is known."""
+
+import pytest
+
+from n2d_dicom.measured import Measured, as_ran
+from n2d_dicom.settings import AUTO_SERIES_FROM, N2DSettings
+
+
+def test_unset_steps_and_width_follow_the_mode_that_runs():
+    settings = N2DSettings()
+    series = settings.for_stack(AUTO_SERIES_FROM)
+    single = settings.for_stack(AUTO_SERIES_FROM - 1)
+    assert (series.mode, series.steps, series.width) == ("per-series", 600, 32)
+    assert (single.mode, single.steps, single.width) == ("per-slice", 2000, 48)  # the paper's
+
+
+def test_steps_and_width_set_by_the_user_win_in_every_mode():
+    settings = N2DSettings(iterations=7, channels=16)
+    for slices in (1, 100):
+        decided = settings.for_stack(slices)
+        assert (decided.steps, decided.width) == (7, 16)
+
+
+def test_undecided_settings_have_no_steps_or_width():
+    with pytest.raises(ValueError, match="for_stack"):
+        _ = N2DSettings().steps
+    with pytest.raises(ValueError, match="for_stack"):
+        _ = N2DSettings().width
+
+
+def test_what_ran_is_read_from_the_first_stack_measured():
+    ran = (Measured(stride=1, stabilised=False, wiener_side=None, mode="per-slice"),)
+    assert as_ran(ran, N2DSettings()).steps == 2000
+    assert as_ran((), N2DSettings()).steps == 600  # nothing measured: as a series would run
