@@ -80,27 +80,10 @@ class PerfPlan:
         node = N2DSettings(mode="per-series", iterations=settings.iterations, precision=settings.precision)
         before = node.model_copy(update=BEFORE)
         if device.type == "cuda":
-            return cls(
-                settings,
-                slices=64,
-                side=256,
-                volume_slices=300,
-                volume_side=512,
-                repeats=3,
-                node=node,
-                before=before,
-            )
-        return cls(
-            settings,
-            slices=4,
-            side=96,
-            volume_slices=100,
-            volume_side=512,
-            repeats=3,
-            part_iterations=150,
-            node=node,
-            before=before,
-        )
+            sizes = {"slices": 64, "side": 256, "volume_slices": 300, "part_iterations": None}
+        else:
+            sizes = {"slices": 4, "side": 96, "volume_slices": 100, "part_iterations": 150}
+        return cls(settings, volume_side=512, repeats=3, node=node, before=before, **sizes)  # type: ignore[arg-type]
 
     def with_iterations(self, iterations: int) -> PerfPlan:
         """Every row at ``iterations`` steps, the per-slice part and the node's table included."""
