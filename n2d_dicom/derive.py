@@ -182,7 +182,7 @@ def derivation_description(provenance: Provenance) -> str:
     n2d = as_ran(provenance.measured, provenance.n2d)
     return (
         f"Noise2Detail self-supervised denoising (n2d-dicom {__version__}): "
-        f"{mode_ran(provenance.measured, n2d.mode)} mode, "
+        f"{mode_ran(provenance.measured, provenance.n2d.mode)} mode, "
         f"{n2d.pipeline} pipeline, {n2d.steps} iterations, seed {n2d.seed}, "
         f"{n2d.width} channels, noise {n2d.noise}, Anscombe {n2d.anscombe}, "
         f"non-local means weight {n2d.nlm_blend:g}, Wiener {'on' if n2d.wiener else 'off'}, "
@@ -430,9 +430,8 @@ def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance
     block = derived.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     n2d = as_ran(provenance.measured, provenance.n2d)
     block.add_new(0x01, "LO", __version__)
-    block.add_new(
-        0x02, "CS", mode_ran(provenance.measured, n2d.mode).upper().replace("-", "_").replace("/", "\\")
-    )
+    ran = mode_ran(provenance.measured, provenance.n2d.mode)
+    block.add_new(0x02, "CS", ran.upper().replace("-", "_").replace("/", "\\"))
     block.add_new(0x03, "UL", n2d.steps)
     block.add_new(0x04, "UL", n2d.seed)
     block.add_new(0x05, "LO", provenance.device[:64])

@@ -421,7 +421,7 @@ def denoise_slices(
         sample = spread_slices(noisy)
         stabiliser = stabiliser_for(sample, settings.anscombe)
         stabilised = noisy if stabiliser is None else stabiliser.forward(noisy)
-        stride = sampling_stride(sample if stabiliser is None else stabiliser.forward(sample), settings)
+        stride = sampling_stride(spread_slices(stabilised), settings)
     clock.advance(1, PHASE_NAMES["noise"])
     out, trained, side = _denoise_stabilised(stabilised, stride, settings, device, clock, start)
     if report:

@@ -64,11 +64,17 @@ def noise_sigma(image: Tensor) -> Tensor:
     return (detail.median() / NORMAL_MAD).to(torch.float32)
 
 
+def spread_indices(total: int, count: int) -> list[int]:
+    """At most ``count`` of the indices ``0 .. total - 1``, evenly spread from the first to the last."""
+    spread = torch.linspace(0, total - 1, min(total, count), dtype=torch.float64)
+    return spread.round().long().unique().tolist()
+
+
 def spread_slices(slices: Tensor, count: int = MEASURED_SLICES) -> Tensor:
     """At most ``count`` slices of ``(S, ...)``, evenly spread from the first to the last."""
     if slices.shape[0] <= count:
         return slices
-    return slices[torch.linspace(0, slices.shape[0] - 1, count).round().long()]
+    return slices[spread_indices(slices.shape[0], count)]
 
 
 def lag_correlations(slices: Tensor, max_lag: int = MAX_STRIDE) -> list[float]:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from n2d_dicom.noise import noise_sigma, spread_slices
+from n2d_dicom.noise import noise_sigma, spread_indices, spread_slices
 from n2d_dicom.variance import NoiseLevel, noise_level
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ def least_risk_side(noisy: Tensor, pilot: Tensor, model_for: ModelFor) -> tuple[
     shortest = min(noisy.shape[-2:])
     if shortest < 4 * margin:
         return min(SMALL_IMAGE_SIDE, shortest), {}
-    sample = torch.linspace(0, len(noisy) - 1, min(len(noisy), RISK_SLICES)).round().long().unique().tolist()
+    sample = spread_indices(len(noisy), RISK_SLICES)
     trials = {
         side: [
             wiener_filter(noisy[k], pilot[k], model_for(noisy[k], pilot[k], side), side, True) for k in sample

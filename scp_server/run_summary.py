@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from n2d_dicom.dicom_read import DicomSeries, Frame
-from n2d_dicom.noise import noise_sigma
+from n2d_dicom.noise import noise_sigma, spread_indices
 from n2d_dicom.pipeline import DerivedSeries
 from n2d_dicom.preview import KINDS, dicom_window, slice_pictures, write_png
 from scp_server.config import NodeSettings
@@ -143,8 +143,7 @@ class DerivedFrames:
 def sampled_frames(frames: list[Frame], like: Frame) -> list[Frame]:
     """Up to :data:`SIGMA_SLICES` frames of ``like``'s size, evenly spread over the series."""
     same = [f for f in frames if f.pixels.shape == like.pixels.shape]
-    picks = np.unique(np.linspace(0, len(same) - 1, min(len(same), SIGMA_SLICES)).round().astype(int))
-    return [same[i] for i in picks]
+    return [same[i] for i in spread_indices(len(same), SIGMA_SLICES)]
 
 
 def stack_sigma(slices: list[np.ndarray]) -> float:

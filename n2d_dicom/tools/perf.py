@@ -79,11 +79,20 @@ class PerfPlan:
         """
         node = N2DSettings(mode="per-series", iterations=settings.iterations, precision=settings.precision)
         before = node.model_copy(update=BEFORE)
-        if device.type == "cuda":
-            sizes = {"slices": 64, "side": 256, "volume_slices": 300, "part_iterations": None}
-        else:
-            sizes = {"slices": 4, "side": 96, "volume_slices": 100, "part_iterations": 150}
-        return cls(settings, volume_side=512, repeats=3, node=node, before=before, **sizes)  # type: ignore[arg-type]
+        slices, side, volume_slices, part_iterations = (
+            (64, 256, 300, None) if device.type == "cuda" else (4, 96, 100, 150)
+        )
+        return cls(
+            settings,
+            slices=slices,
+            side=side,
+            volume_slices=volume_slices,
+            volume_side=512,
+            repeats=3,
+            part_iterations=part_iterations,
+            node=node,
+            before=before,
+        )
 
     def with_iterations(self, iterations: int) -> PerfPlan:
         """Every row at ``iterations`` steps, the per-slice part and the node's table included."""
