@@ -65,7 +65,7 @@ HALO = 2
 #: A warm-started network takes at most this share of ``iterations``, its schedule compressed to them.
 WARM_FRACTION = 0.5
 #: A warm-started network's early stopping checks the held-out loss this many steps apart.
-WARM_CHECK_EVERY = 50
+WARM_CHECK_EVERY = 25
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from n2d_dicom.wiener import (
     wiener_filter,
     wiener_refine,
     window_dct,
+    window_step,
     window_sum,
 )
 
@@ -41,14 +42,25 @@ def test_the_dct_matrix_is_orthonormal():
     torch.testing.assert_close(matrix @ matrix.T, torch.eye(16), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("step", [1, 2])
-def test_window_sum_is_the_adjoint_of_window_dct(step):
+@pytest.mark.parametrize(("side", "step"), [(8, 1), (8, 2), (16, 2), (24, 3), (12, 4)])
+@pytest.mark.parametrize("squared", [False, True])
+def test_window_sum_is_the_adjoint_of_window_dct(side, step, squared):
     generator = torch.Generator().manual_seed(0)
-    image = torch.rand(1, 1, 40, 36, generator=generator)
-    coefficients = torch.rand(window_dct(image, 8, step).shape, generator=generator)
-    left = (window_dct(image, 8, step) * coefficients).sum()
-    right = (image * window_sum(coefficients, 8, step)).sum()
+    image = torch.rand(1, 1, side + 4 * step, side + 3 * step, generator=generator)
+    coefficients = torch.rand(window_dct(image, side, step).shape, generator=generator)
+    basis = dct_matrix(side).square() if squared else dct_matrix(side)
+    windows = image.unfold(2, side, step).unfold(3, side, step)  # (1, 1, rows, columns, side, side)
+    transformed = torch.einsum("ai,bj,xyrcij->xrcab", basis, basis, windows).flatten(-2).movedim(-1, 1)
+    left = (transformed * coefficients).sum()
+    right = (image * window_sum(coefficients, side, step, squared)).sum()
     torch.testing.assert_close(left, right, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("side", range(2, 49))
+def test_windows_are_a_whole_divisor_of_their_side_apart(side):
+    step = window_step(side)
+    assert side % step == 0 and step <= max(1, side // 8)
+    assert window_step(8) == 1 and window_step(16) == 2 and window_step(24) == 3
 
 
 def test_window_dct_holds_each_window_s_coefficients():
