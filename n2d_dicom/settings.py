@@ -116,7 +116,17 @@ class N2DSettings(BaseModel):
         True,
         description="per-series mode: hold out every 8th slice (series of 8 or more) and stop "
         "training a network once its loss on them has not improved by 0.5% for 3 checks 100 steps "
-        "apart; iterations is then the most steps taken.",
+        "apart (25 for a warm-started network); iterations is then the most steps taken.",
+    )
+    slice_patch: int | None = Field(
+        256,
+        ge=8,
+        le=4096,
+        multiple_of=4,
+        description="per-slice mode: each step trains a slice's network on about this side squared "
+        "of its pixels, random crops of this side (or whole sub-images where they are smaller); "
+        "a slice holding no more trains on all of it at every step, as in the paper. Bounds the "
+        "cost of a step on large slices. null: whole slices at every step.",
     )
     series_patch: int | None = Field(
         128,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from n2d_dicom.engine import HELD_OUT_EVERY, REFINE_FACTORS, denoise_slices
+from n2d_dicom.engine import HELD_OUT_EVERY, REFINE_FACTORS, denoise_slices, slice_crops
 from n2d_dicom.measured import PHASE_NAMES, Measured, split_seconds, steps_taken
 from n2d_dicom.nlm import nlm_estimate
 from n2d_dicom.settings import N2DSettings
@@ -150,7 +150,8 @@ def n2d_flops(settings: N2DSettings, slices: int, side: int) -> float:
         patch = side if settings.series_patch is None else min(settings.series_patch, side)
         trained_pixels = min(settings.series_batch, slices) * patch * patch
     else:
-        trained_pixels = slices * side * side
+        count, crop = slice_crops(torch.Size((1, slices, side, side)), settings.slice_patch)
+        trained_pixels = slices * count * (side if crop is None else crop) ** 2
     training = 2 * settings.steps * trained_pixels * TRAIN_PIXELS_PER_STEP * FORWARD_AND_BACKWARD
     return (training + slices * side * side * INFERENCE_PASSES) * per_pixel
 

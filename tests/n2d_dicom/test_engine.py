@@ -3,6 +3,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
+from n2d_dicom import engine
 from n2d_dicom.engine import (
     EarlyStop,
     _held_out_split,
@@ -15,6 +16,7 @@ from n2d_dicom.engine import (
     new_networks,
     random_crops,
     refine,
+    slice_crops,
     stage1_loss,
     stage3_loss,
     train,
@@ -196,6 +198,40 @@ def test_per_series_mode_on_crops_denoises_larger_slices(cpu):
     noisy = add_noise(clean, "gaussian", seed=3)
     settings = N2DSettings(mode="per-series", iterations=600, channels=16, series_patch=32)
     out = denoise_slices(torch.from_numpy(noisy.astype(np.float32)), settings, cpu).numpy().astype(np.float64)
+    assert (
+        peak_signal_noise_ratio(clean, out, data_range=1)
+        > peak_signal_noise_ratio(clean, noisy, data_range=1) + 3
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((1, 4, 256, 256), (1, None)),  # no more than the patch: whole slices, as in the paper
+        ((9, 2, 32, 32), (9, None)),  # a 96x96 slice's 3x3 sub-images
+        ((1, 2, 512, 512), (1, 256)),
+        ((9, 2, 344, 344), (1, 256)),  # a 1024x1024 slice's 3x3 sub-images
+        ((4, 1, 160, 160), (2, 160)),  # 2 whole sub-images of 4 a step
+    ],
+)
+def test_a_per_slice_step_trains_on_about_the_patch_s_pixels(shape, expected):
+    assert slice_crops(torch.Size(shape), 256) == expected
+    assert slice_crops(torch.Size(shape), None) == (shape[0], None)
+
+
+def test_per_slice_mode_trains_large_slices_on_crops_and_denoises_them(monkeypatch, cpu):
+    seen: list[tuple[int, ...]] = []
+
+    def spied(net, noisy, target):
+        seen.append(tuple(noisy.shape))
+        return stage1_loss(net, noisy, target)
+
+    monkeypatch.setattr(engine, "stage1_loss", spied)
+    clean = ellipsoid_phantom(2, 96)
+    noisy = add_noise(clean, "gaussian", seed=3)
+    settings = N2DSettings(mode="per-slice", iterations=300, channels=16, slice_patch=32, noise="white")
+    out = denoise_slices(torch.from_numpy(noisy.astype(np.float32)), settings, cpu).numpy().astype(np.float64)
+    assert set(seen) == {(1, 2, 32, 32)}  # one crop of 32x32 of both slices' networks a step
     assert (
         peak_signal_noise_ratio(clean, out, data_range=1)
         > peak_signal_noise_ratio(clean, noisy, data_range=1) + 3
