@@ -66,6 +66,8 @@ HALO = 2
 WARM_FRACTION = 0.5
 #: A warm-started network's early stopping checks the held-out loss this many steps apart.
 WARM_CHECK_EVERY = 25
+#: A warm-started network stops after this many checks in a row without improvement.
+WARM_PATIENCE = 2
 
 log = logging.getLogger(__name__)
 
@@ -680,7 +682,9 @@ def _denoise_per_series(
         crops = random_crops(
             inputs, targets, fixed, 2 * settings.series_batch, settings.series_patch, held_out
         )
-        return EarlyStop(*crops, every=WARM_CHECK_EVERY) if warm else EarlyStop(*crops)
+        return (
+            EarlyStop(*crops, every=WARM_CHECK_EVERY, patience=WARM_PATIENCE) if warm else EarlyStop(*crops)
+        )
 
     def stepped(label: str) -> Callable[[int], None]:
         return lambda n: clock.advance(n, label)

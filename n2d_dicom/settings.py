@@ -116,7 +116,8 @@ class N2DSettings(BaseModel):
         True,
         description="per-series mode: hold out every 8th slice (series of 8 or more) and stop "
         "training a network once its loss on them has not improved by 0.5% for 3 checks 100 steps "
-        "apart (25 for a warm-started network); iterations is then the most steps taken.",
+        "apart (2 checks 25 steps apart for a warm-started network); iterations is then the most "
+        "steps taken.",
     )
     slice_patch: int | None = Field(
         256,
