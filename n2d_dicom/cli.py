@@ -256,7 +256,9 @@ def bench(
     volume_slices: Annotated[
         int | None, typer.Option(min=1, help="--perf: slices of the 512x512 per-series volume.")
     ] = None,
-    precision: Annotated[Precision, typer.Option(help="--perf: fp32, tf32 or bf16 (GPU).")] = "fp32",
+    precision: Annotated[
+        Precision, typer.Option(help="--perf: auto (the engine's choice for the device), fp32, tf32 or bf16.")
+    ] = "auto",
 ) -> None:
     """Quality and speed of N2D against ZS-N2N, BM3D and non-local means on noisy real images."""
     if perf:

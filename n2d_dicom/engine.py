@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from n2d_dicom.devices import fit_slice_batch, free_memory
+from n2d_dicom.devices import fit_slice_batch, free_memory, resolve_precision
 from n2d_dicom.measured import PHASE_NAMES, Measured, Report
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.nlm import blend_nlm
 from n2d_dicom.noise import decorrelating_stride, keep_structure, spread_slices
-from n2d_dicom.settings import N2DSettings
+from n2d_dicom.settings import N2DSettings, Precision
 from n2d_dicom.variance import stabiliser_for
 from n2d_dicom.wiener import wiener_refine
 
@@ -134,8 +134,9 @@ def stage3_loss(net: StackedDenoiser, smooth: Tensor, noisy: Tensor) -> Tensor:
 
 
 @contextmanager
-def _precision(device: torch.device, precision: str) -> Iterator[None]:
-    """Run the enclosed forward passes in the requested precision."""
+def _precision(device: torch.device, precision: Precision) -> Iterator[None]:
+    """Run the enclosed forward passes in the requested precision (``auto`` decided on ``device``)."""
+    precision = resolve_precision(precision, device)
     if precision == "bf16":
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
@@ -287,13 +288,13 @@ def _shuffle_from_batch(sub: Tensor, factor: int) -> Tensor:
     return F.pixel_shuffle(grid.reshape(n, k * factor * factor, h, w), factor)
 
 
-def first_estimate(net: StackedDenoiser, noisy: Tensor, precision: str) -> Tensor:
+def first_estimate(net: StackedDenoiser, noisy: Tensor, precision: Precision) -> Tensor:
     """Stage 1's output ``d1 = clamp(y - f(y), 0, 1)``."""
     with torch.inference_mode(), _precision(noisy.device, precision):
         return _denoise_residual(net, noisy).clamp(0, 1)
 
 
-def refinements(net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: str) -> Tensor:
+def refinements(net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: Precision) -> Tensor:
     """Stage 2's network passes: the mean of ``d1`` and the pixel-unshuffle refinements at factors 2 and 4."""
     estimates = [d1]
     with torch.inference_mode(), _precision(noisy.device, precision):
@@ -305,7 +306,7 @@ def refinements(net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: str)
 
 
 def refine(
-    net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: str, nlm_weight: float = 0.0
+    net: StackedDenoiser, noisy: Tensor, d1: Tensor, precision: Precision, nlm_weight: float = 0.0
 ) -> Tensor:
     """Stage 2: average ``d1`` with the pixel-unshuffle refinements at factors 2 and 4.
 
@@ -315,7 +316,7 @@ def refine(
     return blend_nlm(noisy, refinements(net, noisy, d1, precision), nlm_weight)
 
 
-def restore_detail(net: StackedDenoiser, smooth: Tensor, precision: str) -> Tensor:
+def restore_detail(net: StackedDenoiser, smooth: Tensor, precision: Precision) -> Tensor:
     """Stage 3's output ``clamp(g(d2), 0, 1)``."""
     with torch.inference_mode(), _precision(smooth.device, precision):
         return apply_in_strips(net, smooth).float().clamp(0, 1)
@@ -418,7 +419,8 @@ def denoise_slices(
     if noisy.ndim != 3:
         raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
     clock = Clock(progress)
-    settings = settings.for_stack(noisy.shape[0])
+    precision = resolve_precision(settings.precision, device)
+    settings = settings.for_stack(noisy.shape[0]).model_copy(update={"precision": precision})
     with clock.phase("noise", PHASE_NAMES["noise"]):
         sample = spread_slices(noisy)
         stabiliser = stabiliser_for(sample, settings.anscombe)
@@ -433,6 +435,7 @@ def denoise_slices(
                 stabilised=stabiliser is not None,
                 wiener_side=side,
                 mode=settings.mode_for(noisy.shape[0]),
+                precision=precision,
                 steps=trained.steps,
                 seconds=dict(clock.seconds),
                 warm_from=trained.warm_from,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from n2d_dicom.settings import AUTO_SERIES_FROM, N2DSettings, RanMode
+from n2d_dicom.settings import AUTO_SERIES_FROM, N2DSettings, RanMode, RanPrecision
 
 #: The phases of a run, in order: what a run's seconds are split into. The engine times the middle
 #: five; the front ends (``n2d denoise``, ``denoise-dicom``, the node) time reading and writing.
@@ -40,6 +40,8 @@ class Measured:
     """Window side of the Wiener step; None where the step is off."""
     mode: RanMode = "per-slice"
     """The mode that ran: ``per-slice`` or ``per-series`` (``auto`` decided on the stack's size)."""
+    precision: RanPrecision = "fp32"
+    """The precision the networks ran in (``auto`` decided on the device)."""
     steps: tuple[int, ...] = ()
     """Adam steps each network took (stage 1, then stage 3), fewer than asked where early stopping
     cut training short; in per-slice mode those of every slice's networks."""
@@ -77,8 +79,10 @@ def mode_ran(measured: tuple[Measured, ...], asked: str) -> str:
 
 def as_ran(measured: tuple[Measured, ...], settings: N2DSettings) -> N2DSettings:
     """``settings`` as they ran on the first stack (:meth:`~n2d_dicom.settings.N2DSettings.for_mode`),
-    iterations and channels decided; as they would run on a series where nothing was measured."""
-    return settings.for_mode(measured[0].mode if measured else settings.mode_for(AUTO_SERIES_FROM))
+    iterations, channels and precision decided; as they would run on a series where nothing was measured."""
+    if not measured:
+        return settings.for_mode(settings.mode_for(AUTO_SERIES_FROM))
+    return settings.for_mode(measured[0].mode).model_copy(update={"precision": measured[0].precision})
 
 
 def steps_taken(measured: tuple[Measured, ...]) -> str:

@@ -14,7 +14,9 @@ Mode = Literal["auto", "per-slice", "per-series"]
 #: The mode that ran: ``auto`` is decided on the stack's size.
 RanMode = Literal["per-slice", "per-series"]
 Pipeline = Literal["n2d", "stage1"]
-Precision = Literal["fp32", "tf32", "bf16"]
+Precision = Literal["auto", "fp32", "tf32", "bf16"]
+#: The precision that ran: ``auto`` is decided on the device (:func:`n2d_dicom.devices.resolve_precision`).
+RanPrecision = Literal["fp32", "tf32", "bf16"]
 Noise = Literal["auto", "white", "correlated"]
 Anscombe = Literal["off", "on", "auto"]
 
@@ -98,9 +100,11 @@ class N2DSettings(BaseModel):
     )
     seed: int = Field(0, ge=0, description="Seeds network initialisation and slice sampling.")
     precision: Precision = Field(
-        "fp32",
-        description="fp32 everywhere; tf32 lets CUDA matmuls/convs use TF32; bf16 runs the "
-        "networks under bfloat16 autocast (losses stay float32).",
+        "auto",
+        description="auto: bf16 on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), where "
+        "it is faster at the same PSNR (docs/benchmarks.md), fp32 elsewhere, GPUs included; fp32: "
+        "float32 throughout; tf32: CUDA matmuls and convolutions may use TF32; bf16: the networks run "
+        "under bfloat16 autocast (losses and weights stay float32).",
     )
     slice_batch: int = Field(
         8,

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from n2d_dicom.devices import cpu_flags, resolve_precision
 from n2d_dicom.engine import HELD_OUT_EVERY, REFINE_FACTORS, denoise_slices, slice_crops
 from n2d_dicom.measured import PHASE_NAMES, Measured, split_seconds, steps_taken
 from n2d_dicom.nlm import nlm_estimate
@@ -76,7 +77,9 @@ class PerfPlan:
 
         The node's table runs the node's defaults (per-series, every step on) at ``settings``' steps,
         after :data:`BEFORE` (the defaults the node had before, on this engine) on the same volume.
+        ``settings.precision`` ``auto`` is decided on ``device``, as the engine decides it.
         """
+        settings = decided(settings, device)
         node = N2DSettings(mode="per-series", iterations=settings.iterations, precision=settings.precision)
         before = node.model_copy(update=BEFORE)
         slices, side, volume_slices, part_iterations = (
@@ -109,8 +112,14 @@ class PerfPlan:
         )
 
 
-#: The node's per-series defaults before issue 16: the paper's width, 2000 steps at most.
-BEFORE = {"channels": 48, "iterations": 2000}
+def decided(settings: N2DSettings, device: torch.device) -> N2DSettings:
+    """``settings`` with ``precision`` ``auto`` decided on ``device`` as the engine decides it, so that
+    rows are named, and measured against the peak, of the precision that ran."""
+    return settings.model_copy(update={"precision": resolve_precision(settings.precision, device)})
+
+
+#: The node's per-series defaults before issue 16: the paper's width, 2000 steps at most, fp32.
+BEFORE = {"channels": 48, "iterations": 2000, "precision": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -166,8 +175,7 @@ def device_peak(device: torch.device, precision: str) -> tuple[float | None, str
         return None, name
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", info)]
-    found = re.search(r"flags\s*:\s*(.*)", info)
-    flags = set(found.group(1).split()) if found else set()
+    flags = cpu_flags(info)
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
     threads = torch.get_num_threads()
     if not mhz:
@@ -241,7 +249,7 @@ def perf_rows(plan: PerfPlan, device: torch.device, echo: Callable[[str], None])
     """The per-slice comparison against the reference, then the CT-sized per-series volume."""
     clean = ellipsoid_phantom(plan.slices, plan.side)
     noisy = torch.from_numpy(add_noise(clean, "gaussian", seed=0).astype(np.float32))
-    settings = plan.settings
+    settings = decided(plan.settings, device)
     base = settings.model_copy(update={"iterations": plan.part_iterations or settings.iterations})
     reference = base.model_copy(update={"mode": "per-slice", "slice_batch": 1, "precision": "fp32"})
     variants = {
@@ -336,8 +344,9 @@ def node_rows(plan: PerfPlan, device: torch.device, echo: Callable[[str], None])
     if plan.before is not None:
         runs.insert(0, (f"before issue 16 ({plan.before.width} channels)", plan.before, None))
     rows: list[PerfRow] = []
-    for name, settings, start in runs:
-        label = f"{name}, {steps_label(settings, plan.volume_slices)}"
+    for name, asked, start in runs:
+        settings = decided(asked, device)
+        label = f"{name}, {steps_label(settings, plan.volume_slices)}, {settings.precision}"
         row = measure(part, label, clean, noisy, settings, 1, device, start)
         echo(format_perf_row(row, rows[0] if rows else row, device, settings.precision))
         rows.append(row)
@@ -346,7 +355,7 @@ def node_rows(plan: PerfPlan, device: torch.device, echo: Callable[[str], None])
 
 def run_perf(plan: PerfPlan, device: torch.device, echo: Callable[[str], None]) -> list[PerfRow]:
     """Print the header and the rows as they complete."""
-    _, peak_source = device_peak(device, plan.settings.precision)
+    _, peak_source = device_peak(device, decided(plan.settings, device).precision)
     echo(
         f"n2d bench --perf: device {device} ({peak_source}); medians of {plan.repeats} runs; "
         "phantom, Gaussian sigma 25/255"

@@ -4,6 +4,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from n2d_dicom import engine
+from n2d_dicom.devices import resolve_precision
 from n2d_dicom.engine import (
     EarlyStop,
     _held_out_split,
@@ -219,6 +220,37 @@ def test_a_per_slice_step_trains_on_about_the_patch_s_pixels(shape, expected):
     assert slice_crops(torch.Size(shape), None) == (shape[0], None)
 
 
+def test_auto_precision_runs_what_the_device_decides_and_reports_it(monkeypatch, noisy_phantom, cpu):
+    entered: list[str] = []
+    real = engine._precision
+
+    def spied(device, precision):
+        entered.append(precision)
+        return real(device, precision)
+
+    monkeypatch.setattr(engine, "_precision", spied)
+    reports: list[Measured] = []
+    x = torch.from_numpy(noisy_phantom[:2].astype(np.float32))
+    denoise_slices(x, N2DSettings(iterations=2, channels=4), cpu, report=reports.append)
+    ran = resolve_precision("auto", cpu)  # bf16 where this CPU has native bfloat16, else fp32
+    assert set(entered) == {ran} and reports[0].precision == ran
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["per-slice", "per-series"])
+def test_bf16_on_the_cpu_denoises_and_returns_float32(phantom, noisy_phantom, cpu, mode):
+    """bfloat16 autocast on the CPU (what ``auto`` picks on CPUs with native bfloat16; emulated,
+    and slower, on others): losses, weights and the output stay float32."""
+    settings = N2DSettings(iterations=300, channels=32, mode=mode, precision="bf16")
+    reports: list[Measured] = []
+    noisy = torch.from_numpy(noisy_phantom.astype(np.float32))
+    out = denoise_slices(noisy, settings, cpu, report=reports.append)
+    assert out.dtype == torch.float32 and reports[0].precision == "bf16"
+    before = peak_signal_noise_ratio(phantom, noisy_phantom, data_range=1)
+    assert peak_signal_noise_ratio(phantom, out.numpy().astype(np.float64), data_range=1) > before + 1.5
+
+
+@pytest.mark.slow
 def test_per_slice_mode_trains_large_slices_on_crops_and_denoises_them(monkeypatch, cpu):
     seen: list[tuple[int, ...]] = []
 

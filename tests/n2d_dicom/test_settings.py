@@ -32,3 +32,5 @@ def test_what_ran_is_read_from_the_first_stack_measured():
     ran = (Measured(stride=1, stabilised=False, wiener_side=None, mode="per-slice"),)
     assert as_ran(ran, N2DSettings()).steps == 2000
     assert as_ran((), N2DSettings()).steps == 600  # nothing measured: as a series would run
+    bf16 = (Measured(stride=1, stabilised=False, wiener_side=None, mode="per-series", precision="bf16"),)
+    assert as_ran(bf16, N2DSettings()).precision == "bf16"  # auto, as decided on the device

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from n2d_dicom.devices import resolve_precision
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.perf import PerfPlan, device_peak, may_stop_early, n2d_flops, network_flops, run_perf
 from tests.helpers import N2D
@@ -53,11 +54,12 @@ def test_perf_prints_every_row_with_the_reference_as_one(cpu):
         N2DSettings(iterations=3, channels=4), slices=2, side=16, volume_slices=2, volume_side=32, repeats=1
     )
     rows = run_perf(plan, cpu, lines.append)
+    ran = resolve_precision("auto", cpu)  # the settings' precision, auto, as the engine decides it here
     assert [row.method for row in rows] == [
         "reference: one slice at a time, fp32",
-        "per-slice, 2 slices batched, fp32",
-        "per-series, fp32",
-        "per-series, fp32",
+        f"per-slice, 2 slices batched, {ran}",
+        f"per-series, {ran}",
+        f"per-series, {ran}",
     ]
     assert lines[3].split(" | ")[4] == "1.00x"  # the reference against itself
     assert len(lines) == 3 + 4 + 5 and all(row.seconds > 0 and row.flops > 0 for row in rows)
