@@ -85,19 +85,43 @@ def window_dct(images: Tensor, side: int, step: int = 1) -> Tensor:
     return both.reshape(n, side * side, rows, both.shape[-1])
 
 
-def _phase_taps(matrix: Tensor, step: int, vertical: bool) -> Tensor:
-    """``matrix`` ``(side, side)`` as transposed-convolution weights of ``side / step`` taps in ``step``
-    output channels: ``[k, s, q] = matrix[k, q * step + s]``, taps down (``vertical``) or across.
+def _inverse_and_overlap(coefficients: Tensor, basis: Tensor, step: int, axis: int) -> Tensor:
+    """Each window's 1-D inverse transform, added up where the windows lie along ``axis``.
 
-    Windows ``step`` apart overlap by whole ``step``-pixel blocks: pixel ``q * step + s`` of a window
-    is phase ``s`` of its ``q``-th block, so summing windows back is an unstrided convolution over
-    blocks with one output channel per phase.
+    ``coefficients`` ``(B, k, rows, columns)`` hold one basis function a channel (``basis``
+    ``(k, side)``), for windows ``step`` pixels apart along ``axis`` (2: down the rows, 3: across the
+    columns). Windows overlap by whole ``step``-pixel blocks: pixel ``q * step + s`` of the window at
+    position ``p`` is phase ``s`` of block ``p + q``. Returns ``(B, step, ...)``, one channel a phase,
+    with ``side / step - 1`` more blocks than positions along ``axis``. The inverse transform runs as
+    one matrix product for every window at once and the overlap as ``side / step`` shifted additions:
+    on CPUs this took a half to a fifth of the time of the equivalent transposed convolution with a
+    channel a phase, which oneDNN runs slowly (docs/benchmarks.md).
     """
-    side = matrix.shape[0]
-    taps = matrix.view(side, side // step, step).transpose(1, 2).unsqueeze(3 if vertical else 2)
-    # standard strides: with size-1 dimensions a view's strides can make the convolution take a
-    # slower layout
-    return taps.clone(memory_format=torch.contiguous_format)
+    batch, k, rows, columns = coefficients.shape
+    taps = basis.shape[1] // step
+    pixels = torch.matmul(basis.T, coefficients.reshape(batch, k, rows * columns))
+    pixels = pixels.view(batch, taps, step, rows, columns)
+    size = [batch, step, rows, columns]
+    size[axis] += taps - 1
+    summed = coefficients.new_zeros(size)
+    for q in range(taps):
+        summed.narrow(axis, q, coefficients.shape[axis]).add_(pixels[:, q])
+    return summed
+
+
+def _sum_back(coefficients: Tensor, basis: Tensor, step: int) -> Tensor:
+    """``(N, 1, H, W)``: the windows of ``coefficients`` ``(N, k^2, rows, columns)`` (channel ``a * k + b``
+    weighting ``basis[a]`` down times ``basis[b]`` across) summed back where they lie; separable,
+    across the columns, then down the rows (:func:`_inverse_and_overlap`)."""
+    n, _, rows, columns = coefficients.shape
+    k = basis.shape[0]
+    per_row = coefficients.reshape(n * k, k, rows, columns)
+    # (n k, step phases, rows, column blocks), then the phases put back across
+    horizontal = _inverse_and_overlap(per_row, basis, step, axis=3)
+    across = horizontal.permute(0, 2, 3, 1).reshape(n, k, rows, -1)
+    # (n, step phases, row blocks, width), then the phases put back down
+    vertical = _inverse_and_overlap(across, basis, step, axis=2)
+    return vertical.transpose(1, 2).reshape(n, 1, -1, vertical.shape[-1])
 
 
 def window_sum(coefficients: Tensor, side: int, step: int = 1, squared: bool = False) -> Tensor:
@@ -105,22 +129,15 @@ def window_sum(coefficients: Tensor, side: int, step: int = 1, squared: bool = F
 
     ``squared``: with the squares of the basis functions instead, which puts each pixel's share
     of a coefficient's variance where the pixel lies (for the risk estimate).
-
-    Runs as unstrided transposed convolutions over blocks of ``step`` pixels (:func:`_phase_taps`),
-    then puts each phase back in place: a strided transposed convolution with one output channel
-    took about twice as long on a CPU for the same sums (docs/benchmarks.md).
     """
     matrix = dct_matrix(side).to(coefficients.device)
-    if squared:
-        matrix = matrix.square()
-    n, _, rows, columns = coefficients.shape
-    per_row = coefficients.reshape(n * side, side, rows, columns)
-    # (n side, step phases, rows, column blocks), then the phases put back across
-    horizontal = F.conv_transpose2d(per_row, _phase_taps(matrix, step, vertical=False))
-    across = horizontal.permute(0, 2, 3, 1).reshape(n, side, rows, -1)
-    # (n, step phases, row blocks, width), then the phases put back down
-    vertical = F.conv_transpose2d(across, _phase_taps(matrix, step, vertical=True))
-    return vertical.transpose(1, 2).reshape(n, 1, -1, vertical.shape[-1])
+    return _sum_back(coefficients, matrix.square() if squared else matrix, step)
+
+
+def box_sum(values: Tensor, side: int, step: int) -> Tensor:
+    """``(N, 1, H, W)``: one value per window ``(N, 1, rows, columns)`` added to every pixel of its
+    ``side x side`` window, the windows ``step`` pixels apart (the weights' and noise power's sums)."""
+    return _sum_back(values, values.new_ones(1, side), step)
 
 
 def window_step(side: int) -> int:
@@ -162,7 +179,6 @@ def wiener_filter(
     noisy_padded, pilot = _pad(noisy, side, step), _pad(pilot, side, step)
     numerator, weights = torch.zeros_like(noisy_padded), torch.zeros_like(noisy_padded)
     kept_noise, noise_power = torch.zeros_like(noisy_padded), torch.zeros_like(noisy_padded)
-    box = torch.ones(1, 1, side, side, device=noisy.device, dtype=noisy.dtype)
     positions = (noisy_padded.shape[-2] - side) // step + 1
     for first in range(0, positions, BAND):
         last = min(first + BAND, positions) - 1
@@ -174,13 +190,13 @@ def wiener_filter(
         weight = 1 / (shrink.square() * variance).sum(dim=1, keepdim=True).clamp_min(MIN_VARIANCE)
         estimate = window_dct(noisy_padded[..., rows, :], side, step).mul_(shrink).mul_(weight)
         numerator[..., rows, :] += window_sum(estimate, side, step)
-        weights[..., rows, :] += F.conv_transpose2d(weight, box, stride=step)
+        weights[..., rows, :] += box_sum(weight, side, step)
         if risk:
             kept_noise[..., rows, :] += window_sum(
                 shrink.mul_(variance).mul_(weight), side, step, squared=True
             )
             window_power = torch.broadcast_to(variance, signal.shape).mean(dim=1, keepdim=True)
-            noise_power[..., rows, :] += F.conv_transpose2d(window_power * weight, box, stride=step)
+            noise_power[..., rows, :] += box_sum(window_power * weight, side, step)
 
     def crop(sums: Tensor) -> Tensor:
         return (sums / weights)[..., side - 1 : side - 1 + h, side - 1 : side - 1 + w]

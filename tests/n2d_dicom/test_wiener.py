@@ -16,6 +16,7 @@ from n2d_dicom.tools.bench import real_crop
 from n2d_dicom.tools.phantom import add_noise, binomial_filtered_noise
 from n2d_dicom.wiener import (
     SIDES,
+    box_sum,
     constant,
     dct_matrix,
     decorrelated_power,
@@ -46,14 +47,21 @@ def test_the_dct_matrix_is_orthonormal():
 @pytest.mark.parametrize("squared", [False, True])
 def test_window_sum_is_the_adjoint_of_window_dct(side, step, squared):
     generator = torch.Generator().manual_seed(0)
-    image = torch.rand(1, 1, side + 4 * step, side + 3 * step, generator=generator)
+    image = torch.rand(2, 1, side + 4 * step, side + 3 * step, generator=generator)
     coefficients = torch.rand(window_dct(image, side, step).shape, generator=generator)
     basis = dct_matrix(side).square() if squared else dct_matrix(side)
-    windows = image.unfold(2, side, step).unfold(3, side, step)  # (1, 1, rows, columns, side, side)
+    windows = image.unfold(2, side, step).unfold(3, side, step)  # (2, 1, rows, columns, side, side)
     transformed = torch.einsum("ai,bj,xyrcij->xrcab", basis, basis, windows).flatten(-2).movedim(-1, 1)
     left = (transformed * coefficients).sum()
     right = (image * window_sum(coefficients, side, step, squared)).sum()
     torch.testing.assert_close(left, right, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize(("side", "step"), [(8, 1), (8, 2), (16, 2), (24, 3), (12, 4)])
+def test_box_sum_adds_each_value_over_its_whole_window(side, step):
+    values = torch.rand(2, 1, 5, 4, generator=torch.Generator().manual_seed(3))
+    expected = F.conv_transpose2d(values, torch.ones(1, 1, side, side), stride=step)  # the plain form
+    torch.testing.assert_close(box_sum(values, side, step), expected)
 
 
 @pytest.mark.parametrize("side", range(2, 49))
