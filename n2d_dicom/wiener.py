@@ -94,8 +94,8 @@ def _inverse_and_overlap(coefficients: Tensor, basis: Tensor, step: int, axis: i
     position ``p`` is phase ``s`` of block ``p + q``. Returns ``(B, step, ...)``, one channel a phase,
     with ``side / step - 1`` more blocks than positions along ``axis``. The inverse transform runs as
     one matrix product for every window at once and the overlap as ``side / step`` shifted additions:
-    on CPUs this took a half to a fifth of the time of the equivalent transposed convolution with a
-    channel a phase, which oneDNN runs slowly (docs/benchmarks.md).
+    faster on CPUs than the equivalent transposed convolution with a channel a phase, which oneDNN
+    runs slowly there (docs/benchmarks.md).
     """
     batch, k, rows, columns = coefficients.shape
     taps = basis.shape[1] // step
