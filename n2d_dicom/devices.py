@@ -12,8 +12,8 @@ from n2d_dicom.errors import N2DInputError
 from n2d_dicom.settings import Precision, RanPrecision
 
 #: CPU flags of native bfloat16 arithmetic: AVX512-BF16's dot products, AMX's tiles. With either,
-#: oneDNN runs the networks' bfloat16 convolutions at about twice their float32 speed; without,
-#: it emulates them, slower than float32.
+#: oneDNN runs the networks' bfloat16 convolutions faster than float32 (docs/benchmarks.md);
+#: without, it emulates them, slower than float32.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
