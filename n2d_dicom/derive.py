@@ -59,6 +59,7 @@ from n2d_dicom.measured import (
     as_ran,
     describe_measured,
     mode_ran,
+    rician_sigmas,
     sampling_strides,
     wiener_sides,
 )
@@ -184,7 +185,7 @@ def derivation_description(provenance: Provenance) -> str:
         f"Noise2Detail self-supervised denoising (n2d-dicom {__version__}): "
         f"{mode_ran(provenance.measured, provenance.n2d.mode)} mode, "
         f"{n2d.pipeline} pipeline, {n2d.steps} iterations, seed {n2d.seed}, "
-        f"{n2d.width} channels, noise {n2d.noise}, Anscombe {n2d.anscombe}, "
+        f"{n2d.width} channels, noise {n2d.noise}, Anscombe {n2d.anscombe}, Rician {n2d.rician}, "
         f"non-local means weight {n2d.nlm_blend:g}, Wiener {'on' if n2d.wiener else 'off'}, "
         f"{n2d.precision} on {provenance.device}"
         + (f"; measured: {describe_measured(provenance.measured)}" if provenance.measured else "")
@@ -451,6 +452,17 @@ def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance
         if sides:
             block.add_new(0x10, "US", sides)
     _add_warm_start(block, provenance)
+    _add_rician(block, n2d, measured)
+
+
+def _add_rician(block: PrivateBlock, n2d: N2DSettings, measured: tuple[Measured, ...]) -> None:
+    """The ``rician`` setting (xx14), the receiver channels assumed (xx15) and the noise per channel
+    of the magnitude floor taken out, in unit values of each stack (xx16; absent where none was)."""
+    block.add_new(0x14, "CS", n2d.rician.upper())
+    block.add_new(0x15, "US", n2d.coils)
+    sigmas = rician_sigmas(measured)
+    if sigmas:
+        block.add_new(0x16, "FD", sigmas)
 
 
 def _add_warm_start(block: PrivateBlock, provenance: Provenance) -> None:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from n2d_dicom.devices import fit_slice_batch, free_memory, resolve_precision
+from n2d_dicom.magnitude import magnitude_noise
 from n2d_dicom.measured import PHASE_NAMES, Measured, Report
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.nlm import blend_nlm
@@ -423,7 +424,8 @@ def denoise_slices(
     settings = settings.for_stack(noisy.shape[0]).model_copy(update={"precision": precision})
     with clock.phase("noise", PHASE_NAMES["noise"]):
         sample = spread_slices(noisy)
-        stabiliser = stabiliser_for(sample, settings.anscombe)
+        magnitude = magnitude_noise(sample, settings.rician, settings.coils)
+        stabiliser = None if magnitude else stabiliser_for(sample, settings.anscombe)
         stabilised = noisy if stabiliser is None else stabiliser.forward(noisy)
         stride = sampling_stride(spread_slices(stabilised), settings)
     clock.advance(1, PHASE_NAMES["noise"])
@@ -433,6 +435,7 @@ def denoise_slices(
             Measured(
                 stride=stride,
                 stabilised=stabiliser is not None,
+                rician_sigma=None if magnitude is None else magnitude.sigma,
                 wiener_side=side,
                 mode=settings.mode_for(noisy.shape[0]),
                 precision=precision,
@@ -442,6 +445,8 @@ def denoise_slices(
                 trained=trained.weights,
             )
         )
+    if magnitude is not None:
+        return magnitude.inverse(out)
     return out if stabiliser is None else stabiliser.inverse(out)
 
 

@@ -27,15 +27,19 @@ class IntensityMap:
     dtype: np.dtype
 
     @classmethod
-    def from_array(cls, stored: np.ndarray) -> IntensityMap:
-        """The map spanning the values of ``stored``; refuses NaN or infinite data."""
+    def from_array(cls, stored: np.ndarray, keep_zero: bool = False) -> IntensityMap:
+        """The map spanning the values of ``stored``; refuses NaN or infinite data.
+
+        ``keep_zero``: where ``stored`` is non-negative the map starts at 0, so that unit 0 is
+        stored 0 (no signal, for magnitude data: :mod:`n2d_dicom.magnitude`)."""
         if stored.size == 0:
             raise N2DInputError("the image holds no pixels")
         if not np.issubdtype(stored.dtype, np.number) or np.issubdtype(stored.dtype, np.complexfloating):
             raise N2DInputError(f"pixel type {stored.dtype} is not a real number type")
         if np.issubdtype(stored.dtype, np.floating) and not np.isfinite(stored).all():
             raise N2DInputError("the image contains NaN or infinite values; fill or mask them first")
-        return cls(float(stored.min()), float(stored.max()), stored.dtype)
+        low = float(stored.min())
+        return cls(0.0 if keep_zero and low >= 0 else low, float(stored.max()), stored.dtype)
 
     @property
     def span(self) -> float:

@@ -38,6 +38,8 @@ class Measured:
     """Whether the generalised Anscombe transform ran (noise measured as signal-dependent)."""
     wiener_side: int | None
     """Window side of the Wiener step; None where the step is off."""
+    rician_sigma: float | None = None
+    """Noise per channel (unit values) of the magnitude floor taken out; None where it was not."""
     mode: RanMode = "per-slice"
     """The mode that ran: ``per-slice`` or ``per-series`` (``auto`` decided on the stack's size)."""
     precision: RanPrecision = "fp32"
@@ -69,6 +71,11 @@ def wiener_sides(measured: tuple[Measured, ...]) -> list[int]:
 def anscombe_applied(measured: tuple[Measured, ...]) -> bool:
     """Whether the generalised Anscombe transform ran on any stack."""
     return any(m.stabilised for m in measured)
+
+
+def rician_sigmas(measured: tuple[Measured, ...]) -> list[float]:
+    """The noise levels (per channel, unit values) of the magnitude floors taken out (empty: none)."""
+    return [m.rician_sigma for m in measured if m.rician_sigma is not None]
 
 
 def mode_ran(measured: tuple[Measured, ...], asked: str) -> str:
@@ -121,5 +128,10 @@ def describe_measured(measured: tuple[Measured, ...]) -> str:
     return (
         f"sampling stride {'/'.join(map(str, sampling_strides(measured)))}, "
         f"Anscombe {'applied' if anscombe_applied(measured) else 'not applied'}"
+        + (
+            f", Rician floor removed (sigma {'/'.join(f'{s:.4g}' for s in rician)})"
+            if (rician := rician_sigmas(measured))
+            else ", no Rician correction"
+        )
         + (f", Wiener window {'/'.join(map(str, sides))}" if sides else "")
     )

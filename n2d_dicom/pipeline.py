@@ -53,7 +53,7 @@ def denoise_stack(
             f"slices are {rows}x{cols} pixels; N2D needs both sides >= {MIN_SIDE} "
             "(choose another slice axis with --axis?)"
         )
-    intensity = IntensityMap.from_array(slices)
+    intensity = IntensityMap.from_array(slices, keep_zero=settings.rician != "off")
     unit = torch.from_numpy(intensity.to_unit(slices).astype(np.float32))
     denoised = intensity.to_stored(denoise_slices(unit, settings, device, progress, report, start).numpy())
     return denoised[0] if stored.ndim == 2 else np.moveaxis(denoised, 0, axis)
@@ -177,6 +177,20 @@ def _pixels_per_object(series: DicomSeries, denoised: list[np.ndarray]) -> dict[
     return pixels
 
 
+#: Image Type values (its third) of MR images that are not magnitudes: phase, real and imaginary parts.
+NOT_MAGNITUDE = {"P", "PHASE", "R", "REAL", "I", "IMAGINARY"}
+
+
+def settings_for_series(settings: N2DSettings, dataset: Dataset) -> N2DSettings:
+    """``settings`` as they apply to a series like ``dataset``: ``rician: auto`` is off but for MR
+    magnitude images (the header says what the pixels cannot: a CT's air can look like a floor)."""
+    if settings.rician != "auto":
+        return settings
+    image_type = [str(v).upper() for v in dataset.get("ImageType", [])]
+    magnitude = dataset.get("Modality") == "MR" and not NOT_MAGNITUDE.intersection(image_type[2:3])
+    return settings if magnitude else settings.model_copy(update={"rician": "off"})
+
+
 def denoise_series(
     series: DicomSeries,
     settings: N2DSettings,
@@ -196,6 +210,7 @@ def denoise_series(
     """
     started = time.perf_counter()
     measured: list[Measured] = []
+    settings = settings_for_series(settings, series.datasets[0])
     denoised = denoise_frames(series.frames, settings, device, progress, measured.append, start)
     pixels = _pixels_per_object(series, denoised)
     provenance = Provenance(

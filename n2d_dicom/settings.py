@@ -19,6 +19,7 @@ Precision = Literal["auto", "fp32", "tf32", "bf16"]
 RanPrecision = Literal["fp32", "tf32", "bf16"]
 Noise = Literal["auto", "white", "correlated"]
 Anscombe = Literal["off", "on", "auto"]
+Rician = Literal["off", "on", "auto"]
 
 #: ``mode: auto`` trains per-series on stacks of at least this many slices.
 AUTO_SERIES_FROM = 8
@@ -63,6 +64,22 @@ class N2DSettings(BaseModel):
         "intensity), and map back with the unbiased inverse. auto: only where the variance measures "
         "at least 2x higher in the brightest areas than in the darkest, since forcing it on noise "
         "that is not signal-dependent loses a little. off: as the paper.",
+    )
+    rician: Rician = Field(
+        "auto",
+        description="MR magnitude data, whose noise (Rician, or non-central chi over several coils) "
+        "lifts air and dark tissue by a floor that denoising does not remove: on: measure the noise "
+        "per channel (in the background, else in the tissue) and map the denoised image back "
+        "through the exact inverse of the magnitude's mean (n2d_dicom/magnitude.py); the Anscombe "
+        "transform is then not used. auto: only where a background with a magnitude's statistics "
+        "is found (and, in DICOM, only for MR); off: as the paper.",
+    )
+    coils: int = Field(
+        1,
+        ge=1,
+        le=128,
+        description="rician: receiver channels combined by sum of squares (1: Rician noise, as in "
+        "an image combined with phase, e.g. adaptive combination or SENSE).",
     )
     nlm_blend: float = Field(
         0.5,

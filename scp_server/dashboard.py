@@ -310,6 +310,8 @@ def describe(measured: dict[str, Any]) -> str:
     """One stack's decisions in words (fields a newer engine adds are shown by name)."""
     parts = [f"stride {e(measured.get('stride'))}"]
     parts.append("Anscombe " + ("applied" if measured.get("stabilised") else "not applied"))
+    rician = measured.get("rician_sigma")
+    parts.append(f"Rician floor removed (sigma {float(rician):.3g})" if rician else "no Rician correction")
     side = measured.get("wiener_side")
     parts.append(f"Wiener {e(side)}" if side else "Wiener off")
     if "warm_from" in measured:
@@ -317,7 +319,7 @@ def describe(measured: dict[str, Any]) -> str:
         parts.append(f"warm start {e(str(warm)[:12])}" if warm else "cold start")
     if measured.get("steps"):
         parts.append("steps " + e("+".join(map(str, measured["steps"]))))
-    known = {"stride", "stabilised", "wiener_side", "warm_from", "steps"} | SKIPPED_FIELDS
+    known = {"stride", "stabilised", "rician_sigma", "wiener_side", "warm_from", "steps"} | SKIPPED_FIELDS
     parts += [
         f"{e(name.replace('_', ' '))} {e(value)}"
         for name, value in measured.items()

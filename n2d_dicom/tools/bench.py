@@ -318,7 +318,9 @@ def nlm_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
 def paper_settings(settings: N2DSettings) -> N2DSettings:
     """The paper's pipeline: white noise assumed, no non-local means, no Wiener step, no Anscombe
     transform (each on by default in the node, so each switched off here)."""
-    return settings.model_copy(update={"noise": "white", "nlm_blend": 0, "wiener": False, "anscombe": "off"})
+    return settings.model_copy(
+        update={"noise": "white", "nlm_blend": 0, "wiener": False, "anscombe": "off", "rician": "off"}
+    )
 
 
 def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:

@@ -148,10 +148,12 @@ def test_provenance_says_what_each_stack_measured():
     measured = (Measured(stride=3, stabilised=False, wiener_side=16), Measured(1, True, 8))
     provenance = Provenance(n2d=QUICK, device="cpu", seconds=1.0, measured=measured)
     assert derivation_description(provenance).endswith(
-        "; measured: sampling stride 1/3, Anscombe applied, Wiener window 8/16"
+        "; measured: sampling stride 1/3, Anscombe applied, no Rician correction, Wiener window 8/16"
     )
     off = Provenance(n2d=QUICK, device="cpu", seconds=1.0, measured=(Measured(1, False, None),))
-    assert derivation_description(off).endswith("; measured: sampling stride 1, Anscombe not applied")
+    assert derivation_description(off).endswith(
+        "; measured: sampling stride 1, Anscombe not applied, no Rician correction"
+    )
 
 
 @pytest.mark.slow
