@@ -15,10 +15,11 @@ below the floor ``E[M | 0]`` the signal is 0, far above it ``A = sqrt(E[M]^2 - (
 
 ``s`` is measured where the image is background: in 7x7 boxes whose ratio of squared mean to
 mean square is that of a central chi distribution (``pi/4`` for ``L = 1``; tissue boxes measure
-near 1), ``s^2`` is the median mean square over ``2L``. That test is also how ``auto`` knows
-magnitude data: a CT's air, a phase image or a clipped background does not pass it. With ``on``
-and no background (a crop inside the anatomy), ``s`` is the white-noise estimate of the image,
-which the noise approaches where the signal is well above it.
+near 1), ``s^2`` is the median mean square over ``2L``; and in the brightest tissue, where the
+noise is Gaussian of sigma ``s``. Where both agree the image has a magnitude's background: that
+is how ``auto`` knows magnitude data (a CT's air, a phase image, a zero-filled or clipped
+background, or dark tissue at low SNR does not pass). With ``on`` and no such background (a crop
+inside the anatomy), ``s`` is the brightest tissue's.
 
 Unit values must keep stored 0 at 0 (:meth:`~n2d_dicom.intensity.IntensityMap.from_array` with
 ``keep_zero``), since the floor is measured from zero signal.
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from n2d_dicom.noise import box_mean, noise_sigma
+from n2d_dicom.noise import NORMAL_MAD, box_mean
 from n2d_dicom.settings import Rician
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ RATIO_TOLERANCE = 0.06
 DARKEST = 0.03
 #: The mean is tabulated for signals up to this many sigma; above, the asymptote is exact to 1e-4.
 TABLE_TOP = 40.0
+#: The tissue's sigma is measured on the brightest blocks, above this quantile of them.
+BRIGHT_QUANTILE = 0.9
+#: A background's sigma and the brightest tissue's must agree within this share.
+AGREEMENT = 0.25
 TABLE_POINTS = 8001
 
 
@@ -120,15 +125,33 @@ def background_sigma(slices: Tensor, coils: int) -> float | None:
     return math.sqrt(float(square[background].median()) / (2 * coils))
 
 
+def bright_sigma(slices: Tensor) -> float:
+    """Sigma per channel where the signal is highest: the white-noise estimate
+    (:func:`~n2d_dicom.noise.noise_sigma`'s diagonal Haar details) over the 2x2 blocks brighter than
+    :data:`BRIGHT_QUANTILE` of them, where a magnitude's noise is Gaussian of that sigma."""
+    h, w = slices.shape[-2] // 2 * 2, slices.shape[-1] // 2 * 2
+    x = slices[..., :h, :w].double()
+    a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    mean, detail = (a + b + c + d) / 4, ((a - b - c + d) / 2).abs()
+    bright = mean >= torch.quantile(mean.flatten().float(), BRIGHT_QUANTILE).double()
+    return float(detail[bright].median()) / NORMAL_MAD
+
+
 def magnitude_noise(slices: Tensor, choice: Rician, coils: int) -> MagnitudeNoise | None:
-    """What the ``rician`` setting asks for on ``slices`` in [0, 1]: the noise to take out, or None."""
+    """What the ``rician`` setting asks for on ``slices`` in [0, 1]: the noise to take out, or None.
+
+    A background counts only where its sigma agrees with the brightest tissue's (within
+    :data:`AGREEMENT`): dark tissue at low SNR passes the ratio test too, and would put its
+    signal into sigma."""
     if choice == "off" or float(slices.min()) < 0:
         return None
-    sigma = background_sigma(slices, coils)
-    if sigma is not None:
-        return MagnitudeNoise(sigma, coils, True)
+    tissue = bright_sigma(slices)
+    background = background_sigma(slices, coils)
+    if background is not None and abs(background / max(tissue, 1e-12) - 1) <= AGREEMENT:
+        return MagnitudeNoise(background, coils, True)
     if choice == "auto":
         return None
-    tissue = float(np.median([float(noise_sigma(s)) for s in slices]))
-    log.info("rician: no background found; sigma %.4g measured in the tissue", tissue)
+    log.info(
+        "rician: no background agrees with the tissue's noise; sigma %.4g measured in the tissue", tissue
+    )
     return MagnitudeNoise(tissue, coils, False)

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 from unittest import mock
 
 import numpy as np
@@ -37,6 +38,8 @@ from n2d_dicom.errors import N2DInputError
 from n2d_dicom.intensity import IntensityMap
 from n2d_dicom.nlm import nlm_estimate
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.tools import measures
+from n2d_dicom.tools.measures import Edge
 from n2d_dicom.tools.phantom import (
     NOISES,
     POISSON_PEAK,
@@ -46,21 +49,34 @@ from n2d_dicom.tools.phantom import (
     noise_spectrum,
     psnr,
 )
-from n2d_dicom.tools.physics import VIEWS, low_dose_scan, rician_magnitude
+from n2d_dicom.tools.physics import AIR_HU, VIEWS, low_dose_scan, rician_magnitude
 
 #: Real slices from pydicom-data: (case name, file name).
 REAL_IMAGES = (("CT head", "693_UNCI.dcm"), ("MR abdomen", "MR-SIEMENS-DICOM-WithOverlays.dcm"))
 #: The cases whose noise the scanner makes (:mod:`n2d_dicom.tools.physics`): (image, noise).
-PHYSICS_CASES = (("CT head", "lowdose"), ("MR abdomen", "rician"))
+PHYSICS_CASES = (
+    ("CT head", "lowdose"),
+    ("MR abdomen", "rician"),
+    ("CT water phantom", "lowdose"),
+    ("MR brain volume", "rician"),
+)
 #: Photons per ray entering the head in the ``lowdose`` case: a low dose for this slice's
 #: 0.48 mm pixels and the scan's views (the noise it gives, in HU, is printed by the bench).
 LOWDOSE_PHOTONS = 5e5
 #: Noise per channel (real, imaginary) of the ``rician`` case, in the MR crop's [0, 1] units.
 RICIAN_SIGMA = SIGMA
+#: The water phantom case: side (pixels), pixel size, dose, and its acrylic-like insert.
+PHANTOM_SIDE, PHANTOM_PIXEL_MM, PHANTOM_PHOTONS = 192, 0.8, 5e4
+INSERT_HU, INSERT_RADIUS = 120.0, 12
+#: The MR volume's stored maximum, and its noise per channel as a share of it.
+MR_VOLUME_MAX, MR_VOLUME_SIGMA = 1000.0, 0.04
 
 Denoiser = Callable[[np.ndarray, torch.device], np.ndarray]
+#: Noises of the volume cases BM4D is compared on (3-D MR and CT); the phantom's added noises have
+#: BM3D told the spectrum instead.
+PEER_VOLUME_NOISES = ("rician", "lowdose")
 
-PlanName = Literal["quick", "standard", "full"]
+PlanName = Literal["realistic", "quick", "standard", "full"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,25 @@ class BenchPlan:
     ablations: bool = True
     """Also the rows that take the defaults apart (noise auto alone, Anscombe alone) and BM3D told
     the true noise spectrum: what the defaults' choices rest on, not what a user compares."""
+    paper_rows: bool = True
+    """Also the paper's pipeline (N2D per-slice) and its stage 1 alone (ZS-N2N)."""
+    volume_slices: int = 16
+    """Adjacent 1 mm slices of the 3-D MR volume case."""
+
+    @classmethod
+    def realistic(cls) -> BenchPlan:
+        """The cases whose noise a scanner makes (low-dose CT of a head slice and of a water phantom
+        with an insert, MR magnitude of a crop and of a 3-D brain volume) against what users of each
+        run, with the node's defaults: the table users read (minutes on 2 CPU cores)."""
+        return cls(
+            crop=128,
+            settings=N2DSettings(),
+            phantom_slices=2,
+            phantom_side=64,
+            only=tuple((image, noise) for image, noise in PHYSICS_CASES),
+            ablations=False,
+            paper_rows=False,
+        )
 
     @classmethod
     def full(cls) -> BenchPlan:
@@ -105,15 +140,16 @@ class BenchPlan:
                 ("CT", "correlated"),
                 ("MR", "poisson"),
                 ("phantom", "gaussian"),
-                ("CT", "lowdose"),
-                ("MR", "rician"),
+                ("CT head", "lowdose"),
+                ("MR abdomen", "rician"),
             ),
         )
 
     @classmethod
     def named(cls, name: PlanName) -> BenchPlan:
         """The plan ``quick``, ``standard`` or ``full``."""
-        return {"quick": cls.quick, "standard": cls.standard, "full": cls.full}[name]()
+        plans = {"realistic": cls.realistic, "quick": cls.quick, "standard": cls.standard, "full": cls.full}
+        return plans[name]()
 
     def includes(self, case: Case) -> bool:
         """Whether ``case`` is one of the plan's (image, noise) pairs."""
@@ -131,6 +167,11 @@ class Images:
     clean: np.ndarray
     noisy: np.ndarray
     note: str = ""
+    per_unit: float = 100.0
+    """Bias is shown in ``units``: this many of them per unit value (HU for CT, else % of the range)."""
+    units: str = "%"
+    edge: Edge | None = None
+    """A circular insert whose edge gives the task transfer function, where the case has one."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +202,23 @@ class Case:
 
 
 @dataclass(frozen=True)
+class Physics:
+    """A row's physics measures (:mod:`n2d_dicom.tools.measures`); None where the case has no place
+    to measure them (no uniform region, no insert)."""
+
+    noise_reduction: float | None
+    """% less noise than the noisy image in uniform regions."""
+    bias: float | None
+    """Mean error in uniform regions, in the case's units."""
+    ttf50: float | None
+    """The insert edge's 50% TTF frequency, in % of the noiseless reference's."""
+    nps_peak: float | None
+    """Peak frequency of the error's noise power spectrum, cycles per pixel."""
+    edge_correlation: float
+    """Correlation of the residual's local energy with the reference's edges (0: no anatomy)."""
+
+
+@dataclass(frozen=True)
 class Result:
     """One row of the table."""
 
@@ -170,6 +228,7 @@ class Result:
     ssim: float
     seconds: float | None
     peak_mb: float | None
+    physics: Physics | None = None
 
 
 def _require_bench_extras() -> None:
@@ -222,10 +281,15 @@ def added_noise(clean: Callable[[], np.ndarray], noise: str, seed: int) -> Image
     return Images(volume, add_noise(volume, noise, seed))
 
 
-def unit_images(clean: np.ndarray, noisy: np.ndarray, note: str) -> Images:
-    """Both slices mapped to [0, 1] by the noisy one's range, as the node maps a series it denoises."""
-    intensity = IntensityMap.from_array(noisy)
-    return Images(intensity.to_unit(clean)[np.newaxis], intensity.to_unit(noisy)[np.newaxis], note)
+def unit_images(clean: np.ndarray, noisy: np.ndarray, note: str, hu: bool = False, **extra: Any) -> Images:
+    """Both mapped to [0, 1] by the noisy one's range, as the node maps a series it denoises (stored 0
+    kept at 0 for non-negative data, as for MR magnitudes); 2-D slices become stacks of one."""
+    intensity = IntensityMap.from_array(noisy, keep_zero=True)
+    clean_unit, noisy_unit = intensity.to_unit(clean), intensity.to_unit(noisy)
+    if clean_unit.ndim == 2:
+        clean_unit, noisy_unit = clean_unit[np.newaxis], noisy_unit[np.newaxis]
+    units = {"per_unit": intensity.span, "units": "HU"} if hu else {}
+    return Images(clean_unit, noisy_unit, note, **units, **extra)
 
 
 def lowdose_images(crop: int, seed: int) -> Images:
@@ -239,7 +303,52 @@ def lowdose_images(crop: int, seed: int) -> Images:
         f"back projection, noise sigma {np.std(noisy - clean):.1f} HU on a reference crop spanning "
         f"{np.ptp(clean):.0f} HU"
     )
+    return unit_images(clean, noisy, note, hu=True)
+
+
+def water_phantom_images(crop: int, seed: int) -> Images:
+    """A water cylinder in air with an acrylic insert (:data:`INSERT_HU`), scanned at
+    :data:`PHANTOM_PHOTONS` as :func:`lowdose_images` scans the head: the uniform water gives noise,
+    bias and the noise power spectrum, the insert's edge the task transfer function."""
+    side = PHANTOM_SIDE
+    rows, cols = np.indices((side, side)) - side // 2
+    hu = np.where(np.hypot(rows, cols) <= 0.42 * side, 0.0, AIR_HU)
+    offset, radius = side // 5, INSERT_RADIUS
+    hu[np.hypot(rows, cols - offset) <= radius] = INSERT_HU
+    scan = low_dose_scan(hu, PHANTOM_PIXEL_MM, PHANTOM_PHOTONS, seed, VIEWS)
+    water = np.hypot(rows, cols) <= 0.3 * side
+    sigma_hu = np.std((scan.noisy_hu - scan.reference_hu)[water])
+    note = (
+        f"CT water phantom: {side}x{side} at {PHANTOM_PIXEL_MM} mm, {PHANTOM_PHOTONS:.0f} photons per ray, "
+        f"an insert of {INSERT_HU:.0f} HU, noise sigma {sigma_hu:.1f} HU in water"
+    )
+    edge = Edge((side // 2, side // 2 + offset), radius)
+    return unit_images(scan.reference_hu, scan.noisy_hu, note, hu=True, edge=edge)
+
+
+def brain_volume_images(slices: int, seed: int) -> Images:
+    """``slices`` adjacent 1 mm axial slices of the MNI ICBM152 T1 template (a real brain's anatomy,
+    nearly noiseless) as an MR magnitude series: scaled to :data:`MR_VOLUME_MAX`, noise of
+    :data:`MR_VOLUME_SIGMA` of that per channel, stored as int16."""
+    import nibabel as nib
+
+    volume = np.asarray(nib.load(str(brain_template())).dataobj, dtype=np.float64)
+    first = volume.shape[2] // 2 - slices // 2 + 10  # through the ventricles and the basal ganglia
+    clean = np.moveaxis(volume[:, :, first : first + slices], 2, 0) / volume.max() * MR_VOLUME_MAX
+    noisy = np.rint(rician_magnitude(clean, MR_VOLUME_SIGMA * MR_VOLUME_MAX, seed)).astype(np.int16)
+    note = (
+        f"MR brain volume: {slices} adjacent 1 mm slices of the ICBM152 T1 template, Rician noise "
+        f"{MR_VOLUME_SIGMA:.0%} of the maximum per channel, int16"
+    )
     return unit_images(clean, noisy, note)
+
+
+def brain_template() -> Path:
+    """The MNI ICBM152 2009a T1 template nilearn ships (bench extra)."""
+    from importlib.resources import files
+
+    path = files("nilearn.datasets") / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    return Path(str(path))
 
 
 def rician_images(crop: int, seed: int) -> Images:
@@ -265,9 +374,14 @@ def build_cases(plan: BenchPlan, wanted: list[str]) -> list[Case]:
         Case(name, noise, seed, partial(added_noise, clean, noise, seed))
         for seed, (name, clean, noise) in enumerate(pairs)
     ]
-    made = {"lowdose": lowdose_images, "rician": rician_images}
+    made = {
+        "CT head": partial(lowdose_images, plan.crop),
+        "MR abdomen": partial(rician_images, plan.crop),
+        "CT water phantom": partial(water_phantom_images, plan.crop),
+        "MR brain volume": partial(brain_volume_images, plan.volume_slices),
+    }
     cases += [
-        Case(name, noise, seed, partial(made[noise], plan.crop, seed))
+        Case(name, noise, seed, partial(made[name], seed))
         for seed, (name, noise) in enumerate(PHYSICS_CASES, start=len(pairs))
     ]
     cases = [c for c in cases if plan.includes(c)]
@@ -310,6 +424,30 @@ def bm3d_known_noise(spectrum: np.ndarray) -> Denoiser:
     return run
 
 
+def bm4d_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
+    """BM4D on the whole volume with the white-noise sigma estimated per slice (median), what a
+    user of the ``bm4d`` package does; a volume of fewer than 4 slices is padded by reflection."""
+    import bm4d
+    from skimage.restoration import estimate_sigma
+
+    sigma = float(np.median([estimate_sigma(s) for s in noisy]))
+    # bm4d 4.2.5 still calls numpy.trapz (gone in NumPy 2.4).
+    trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009
+    with mock.patch.object(np, "trapz", trapezoid, create=True):
+        return np.asarray(bm4d.bm4d(noisy, sigma_psd=sigma), dtype=np.float64)
+
+
+def dipy_rician_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
+    """dipy's non-local means with its Rician correction on the volume, sigma from dipy's own
+    estimate, as neuroimaging users run it (``nlmeans(..., rician=True)``)."""
+    from dipy.denoise.nlmeans import nlmeans
+    from dipy.denoise.noise_estimate import estimate_sigma
+
+    volume = np.ascontiguousarray(np.moveaxis(noisy, 0, 2))  # (H, W, S): dipy's slices are the last axis
+    sigma = estimate_sigma(volume)
+    return np.moveaxis(np.asarray(nlmeans(volume, sigma=sigma, rician=True), dtype=np.float64), 2, 0)
+
+
 def nlm_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
     """scikit-image's fast non-local means per slice, h = 0.8 * estimated sigma (what N2D blends in)."""
     return nlm_estimate(torch.from_numpy(noisy)).numpy()
@@ -324,31 +462,35 @@ def paper_settings(settings: N2DSettings) -> N2DSettings:
 
 
 def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
-    """The methods compared on ``case``; per-series only where there is a series, BM3D told the
-    noise only where the noise has a spectrum (not Poisson noise), both only with ``plan.ablations``.
+    """The methods compared on ``case``: the peers a user of its modality runs (BM3D and non-local
+    means; for MR magnitudes dipy's Rician non-local means; for volumes BM4D), then N2D.
 
-    The N2D rows are the paper's pipeline (:func:`paper_settings`) except
-    "noise auto", which samples the image at the stride its measured noise correlation asks
-    for, "Anscombe", which denoises after the generalised Anscombe transform, and "defaults",
-    the node's defaults (noise auto, non-local means in stage 2's smooth intermediate, and the
-    Wiener step).
+    The N2D rows are the paper's pipeline (:func:`paper_settings`) and its stage 1 alone (with
+    ``plan.paper_rows``), ablations (with ``plan.ablations``: "noise auto", which samples the image at
+    the stride its measured noise correlation asks for, "Anscombe", which denoises after the
+    generalised Anscombe transform, and BM3D told the true noise spectrum where it has one), then
+    "defaults", the node's defaults, and per-series where there is a series.
     """
     paper = paper_settings(plan.settings)
     chosen: dict[str, Denoiser] = {"BM3D (sigma estimated)": bm3d_method}
+    volume = case.clean.shape[0] > 1
+    if volume and case.noise in PEER_VOLUME_NOISES:
+        chosen["BM4D (sigma estimated)"] = bm4d_method
     # The physics cases' noise has a spectrum, but not one known in closed form.
     spectrum = noise_spectrum(case.noise, case.clean.shape[1:]) if case.noise in NOISES else None
     if spectrum is not None and plan.ablations:
         chosen["BM3D (noise known)"] = bm3d_known_noise(spectrum)
-    chosen |= {
-        "NLM (scikit-image)": nlm_method,
-        "stage 1 only (ZS-N2N)": n2d_method(paper.model_copy(update={"pipeline": "stage1"})),
-        "N2D per-slice": n2d_method(paper),
-    }
+    chosen["NLM (scikit-image)"] = nlm_method
+    if case.noise == "rician":
+        chosen["dipy NLM (Rician)"] = dipy_rician_method
+    if plan.paper_rows:
+        chosen["stage 1 only (ZS-N2N)"] = n2d_method(paper.model_copy(update={"pipeline": "stage1"}))
+        chosen["N2D per-slice"] = n2d_method(paper)
     if plan.ablations:
         chosen["N2D per-slice, noise auto"] = n2d_method(paper.model_copy(update={"noise": "auto"}))
         chosen["N2D per-slice, Anscombe"] = n2d_method(paper.model_copy(update={"anscombe": "on"}))
-    chosen["N2D per-slice, defaults"] = n2d_method(plan.settings)
-    if case.clean.shape[0] > 1:
+    chosen["N2D per-slice, defaults" if plan.paper_rows else "N2D defaults"] = n2d_method(plan.settings)
+    if volume and plan.paper_rows:
         chosen["N2D per-series"] = n2d_method(paper.model_copy(update={"mode": "per-series"}))
     return chosen
 
@@ -413,25 +555,63 @@ def peak_memory(device: torch.device) -> Iterator[list[float]]:
         peak[0] = max(0, max(highest[0], _resident_bytes()) - baseline) / 2**20
 
 
+def physics(images: Images, estimate: np.ndarray) -> Physics:
+    """The physics measures of ``estimate`` against the case's reference (the noisy image itself
+    for the noisy row)."""
+    clean, noisy = images.clean, images.noisy
+    uniform = measures.uniform_mask(clean, noisy)
+    flat = bool(uniform.any())
+    ttf = None
+    if images.edge is not None:
+        reference, found = measures.edge_ttf(clean, images.edge), measures.edge_ttf(estimate, images.edge)
+        ttf = None if reference is None or found is None else 100 * found[0] / reference[0]
+    return Physics(
+        noise_reduction=measures.noise_reduction(clean, noisy, estimate, uniform) if flat else None,
+        bias=measures.bias(clean, estimate, uniform) * images.per_unit if flat else None,
+        ttf50=ttf,
+        nps_peak=measures.nps_peak(estimate - clean, uniform),
+        edge_correlation=measures.residual_edge_correlation(clean, noisy, estimate),
+    )
+
+
 def run_case(plan: BenchPlan, case: Case, device: torch.device, wanted: list[str]) -> Iterator[Result]:
     """Noisy row first, then one row per method."""
     noisy = case.noisy
-    yield Result(case.label, "noisy input", *quality(case.clean, noisy), None, None)
+    yield Result(
+        case.label, "noisy input", *quality(case.clean, noisy), None, None, physics(case.images, noisy)
+    )
     for name, method in select_methods(methods_for(plan, case), wanted).items():
         with peak_memory(device) as peak:
             started = time.perf_counter()
             estimate = method(noisy, device)
             seconds = time.perf_counter() - started
-        yield Result(case.label, name, *quality(case.clean, estimate), seconds, peak[0])
+        measured = physics(case.images, estimate)
+        yield Result(case.label, name, *quality(case.clean, estimate), seconds, peak[0], measured)
+
+
+#: The table's header: quality, the physics measures (:class:`Physics`), cost.
+HEADER = (
+    "| case | method | PSNR dB | SSIM | noise -% | bias | TTF50 % | NPS peak | residual-edge r "
+    "| seconds | peak MB |"
+)
+
+
+def _cell(value: float | None, form: str) -> str:
+    return "-" if value is None else format(value, form)
 
 
 def format_row(result: Result) -> str:
     """A Markdown table row."""
-    seconds = "-" if result.seconds is None else f"{result.seconds:.2f}"
-    memory = "-" if result.peak_mb is None else f"{result.peak_mb:.0f}"
-    return (
-        f"| {result.case} | {result.method} | {result.psnr:.2f} | {result.ssim:.4f} | {seconds} | {memory} |"
+    p = result.physics
+    measured = (
+        [_cell(p.noise_reduction, ".0f"), _cell(p.bias, "+.2f"), _cell(p.ttf50, ".0f")]
+        + [_cell(p.nps_peak, ".3f"), f"{p.edge_correlation:+.3f}"]
+        if p
+        else ["-"] * 5
     )
+    cells = [result.case, result.method, f"{result.psnr:.2f}", f"{result.ssim:.4f}", *measured]
+    cells += [_cell(result.seconds, ".2f"), _cell(result.peak_mb, ".0f")]
+    return "| " + " | ".join(cells) + " |"
 
 
 def run_benchmark(
@@ -450,8 +630,8 @@ def run_benchmark(
         f"device {device}, {torch.get_num_threads()} CPU threads; noise sigma {SIGMA * 255:.0f}/255, "
         f"Poisson peak {POISSON_PEAK:g}{notes}"
     )
-    echo("| case | method | PSNR dB | SSIM | seconds | peak MB |")
-    echo("|---|---|---|---|---|---|")
+    echo(HEADER)
+    echo("|" + "---|" * HEADER.count(" | ") + "---|")
     results = []
     for case in chosen:
         for result in run_case(plan, case, device, methods):
