@@ -10,6 +10,7 @@ and both together do both. An output never overwrites an input, and no two input
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,7 +78,35 @@ def _single_pair(paths: Sequence[Path]) -> Pair:
     source, output = paths
     if source.is_dir():
         raise N2DInputError(f"{source}: a folder; denoise a folder's files with --out-dir or --out-suffix")
+    if same_file(source, output):
+        raise N2DInputError(
+            f"{output}: this is the input itself; n2d never overwrites its input, give another OUT"
+        )
     return source, output
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same path once resolved (symbolic links followed),
+    or the same inode (hard links, bind mounts)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse, before any work, a ``folder`` to write into that cannot be written or made: an existing
+    file in its place, a read-only or forbidden folder, or a missing parent (n2d makes at most the
+    last folder of a path, so that a typo does not grow a tree)."""
+    target = folder if folder.exists() else folder.parent
+    if not target.exists():
+        raise N2DInputError(f"{target}: no such folder (n2d creates only the last folder of an output path)")
+    if not target.is_dir():
+        raise N2DInputError(f"{target}: a file, not a folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise N2DInputError(f"{target}: cannot write here (read-only or not permitted)")
 
 
 def _check_outputs(pairs: list[Pair]) -> None:

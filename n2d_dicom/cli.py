@@ -9,6 +9,8 @@ assembles both is :mod:`scp_server.entry`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +22,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from n2d_dicom.batch import output_pairs
+from n2d_dicom.batch import check_writable, output_pairs
 from n2d_dicom.bids import Datatype
 from n2d_dicom.derive import DerivationSettings
 from n2d_dicom.devices import resolve_device
@@ -101,6 +103,8 @@ def denoise(
     status is then 1.
     """
     pairs = guarded(lambda: output_pairs(paths, out_dir, out_suffix))
+    for folder in sorted({output.parent for _, output in pairs}):  # before any compute
+        guarded(functools.partial(check_writable, folder))
     guarded(lambda: resolve_device(device))  # a device that cannot be used fails once, not per file
     if preview is not None and len(pairs) > 1:
         fail("--preview draws one input's slice; give it with one input")
@@ -153,6 +157,13 @@ def denoise_file(
         typer.echo(f"{preview}: input, output and residual (input - output) of the middle slice")
 
 
+def run_identity(settings: N2DSettings, derivation: DerivationSettings) -> str:
+    """What makes a command-line run's derived UIDs: its settings, so that the same source denoised
+    with the same settings gets the same derived series (and OUT can tell it already holds it)."""
+    digest = hashlib.sha256(f"{settings.model_dump_json()}{derivation.model_dump_json()}".encode())
+    return f"n2d denoise-dicom {digest.hexdigest()[:32]}"
+
+
 @app.command("denoise-dicom")
 @options_from(N2DSettings, "settings")
 @options_from(DerivationSettings, "derivation", flags=DERIVATION_FLAGS)
@@ -174,22 +185,40 @@ def denoise_dicom(
     ] = False,
     device: DeviceOption = "auto",
     progress: ProgressOption = True,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Write a series again where OUT already holds its derived series from the same "
+            "settings (the derived UIDs are the same for the same source and settings)."
+        ),
+    ] = False,
 ) -> None:
     """Denoise DICOM series into new derived series (same study, full provenance), one folder each.
 
     Files that cannot be used are listed and skipped; the exit status is 1 if any file was
     skipped or any series failed, 0 otherwise. Objects that are not images to denoise
     (segmentations, dose grids, reports...) are listed as not denoised and leave the
-    exit status alone: nothing is wrong with them.
+    exit status alone: nothing is wrong with them; a folder holding nothing to denoise
+    at all is an error (exit status 1). A series whose derived series OUT already holds
+    (same source, same settings) is skipped unless --overwrite. OUT may not lie inside IN,
+    so that a second run never denoises the first one's output.
     """
-    from n2d_dicom.derive import write_instances
+    from n2d_dicom.derive import new_uid, write_instances
     from n2d_dicom.dicom_read import read_dicom_folder
     from n2d_dicom.nifti_io import write_series_nifti
     from n2d_dicom.pipeline import denoise_series, series_work
 
     torch_device = guarded(lambda: resolve_device(device))
+    if not source.exists():
+        fail(f"{source}: no such folder")
     if not source.is_dir():
-        fail(f"{source}: not a folder")
+        fail(f"{source}: a file, not a folder; give the folder holding the series")
+    if output.resolve().is_relative_to(source.resolve()):
+        fail(
+            f"{output}: inside the input folder {source}; a later run would denoise these outputs, "
+            "give another OUT"
+        )
+    guarded(lambda: check_writable(output))
     reading = time.perf_counter()
     found, rejected = read_dicom_folder(source)
     reading = time.perf_counter() - reading  # the folder's; told with the first series
@@ -204,9 +233,20 @@ def denoise_dicom(
         fail(f"{source}: no grayscale DICOM series to denoise")
     failures = sum(not skipped.forwardable for skipped in rejected) + len(missing)
     for item in wanted:
+        identity = run_identity(settings, derivation)
+        existing = output / new_uid(derivation, f"{item.series_uid}/{identity}")
+        if not overwrite and any(existing.glob("*.dcm")):
+            typer.echo(
+                f"n2d: skipped series {item.series_uid}: {existing} already holds its derived series from "
+                "these settings (--overwrite to write it again)",
+                err=True,
+            )
+            continue
         with work_bar(series_work(item, settings), progress) as advance:
             try:
-                derived = denoise_series(item, settings, derivation, torch_device, progress=advance)
+                derived = denoise_series(
+                    item, settings, derivation, torch_device, progress=advance, identity=identity
+                )
                 folder = output / derived.series_uid
                 writing = time.perf_counter()
                 written = write_instances(derived.datasets, folder)

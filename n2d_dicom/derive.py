@@ -484,15 +484,16 @@ def _file_meta(derived: Dataset, settings: DerivationSettings) -> FileMetaDatase
     return meta
 
 
-def write_instances(datasets: list[Dataset], folder: Path) -> list[Path]:
-    """Write each dataset as ``<SOP Instance UID>.dcm`` in ``folder``, atomically.
+def write_instances(datasets: list[Dataset], folder: Path, private: bool = False) -> list[Path]:
+    """Write each dataset as ``<SOP Instance UID>.dcm`` in ``folder``, atomically; readable as the
+    umask allows, or by the owner alone where ``private`` (the node's spool).
 
     Values copied from the source are not warned about again (:func:`values_already_checked`).
     """
     paths = []
     for dataset in datasets:
         path = folder / f"{dataset.SOPInstanceUID}.dcm"
-        with atomic_path(path) as tmp, values_already_checked():
+        with atomic_path(path, private=private) as tmp, values_already_checked():
             dataset.save_as(tmp, enforce_file_format=True)
         paths.append(path)
     return paths

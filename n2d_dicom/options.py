@@ -38,11 +38,14 @@ def guarded(action: Callable[[], T]) -> T:
         fail(str(exc))
     except ValidationError as exc:
         fail(f"invalid setting: {validation_problems(exc)}")
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile: what and where, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}")
 
 
 def _parameter(name: str, field: FieldInfo, flag: str | None, default: Any) -> inspect.Parameter:
     declared = (flag,) if flag else ()
-    option = typer.Option(*declared, help=field.description)
+    option = typer.Option(*declared, help=field.description, case_sensitive=False)
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[field.annotation, option]
     )

@@ -153,9 +153,10 @@ def png_bytes(picture: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_png(picture: np.ndarray, path: Path) -> None:
-    """Write ``picture`` as a PNG file, atomically (a reader sees the old file or the new one)."""
-    with atomic_path(path, ".png") as tmp:
+def write_png(picture: np.ndarray, path: Path, private: bool = False) -> None:
+    """Write ``picture`` as a PNG file, atomically (a reader sees the old file or the new one);
+    readable as the umask allows, or by the owner alone where ``private`` (the node's spool)."""
+    with atomic_path(path, ".png", private=private) as tmp:
         tmp.write_bytes(png_bytes(picture))
 
 

@@ -98,7 +98,7 @@ def summarise(
     if previews is not None:
         pictures = slice_pictures(before, after, dicom_window(middle.dataset, before))
         for kind, picture in pictures.panels().items():
-            write_png(picture, previews / f"{kind}.png")
+            write_png(picture, previews / f"{kind}.png", private=True)
     sampled = sampled_frames(frames, middle)
     slope = abs(float(middle.dataset.get("RescaleSlope") or 1.0))
     header = frames[0].dataset

@@ -130,7 +130,7 @@ class Spool:
         if known is not None and known[1] in ("", instance.pixel_hash):
             return Outcome.DUPLICATE  # an index row from before hashes were kept counts as the same
         path = self.instance_path(instance)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, private=True) as tmp:
             tmp.write_bytes(encoded)
         try:
             self._index(instance, path, calling_aet, time.time())
@@ -175,7 +175,7 @@ class Spool:
     def quarantine(self, encoded: bytes, reason: str, calling_aet: str) -> Path:
         """Keep a rejected instance and why, for a person to look at; returns where it went."""
         path = self.quarantine_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.dcm"
-        with atomic_path(path) as tmp:
+        with atomic_path(path, private=True) as tmp:
             tmp.write_bytes(encoded)
         self._db.execute(
             "INSERT INTO quarantine (path, reason, calling_aet, received_at) VALUES (?, ?, ?, ?)",

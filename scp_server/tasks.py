@@ -244,7 +244,7 @@ class SeriesProcessor:
             derived = self._denoise(series, route, derivation, run)
             folder = self.stores.spool.root / "derived" / derived.series_uid
             writing = time.perf_counter()
-            paths = write_instances(derived.datasets, folder)
+            paths = write_instances(derived.datasets, folder, private=True)
             split = describe_split(derived.measured, reading=reading, writing=time.perf_counter() - writing)
             reading = 0.0  # the run's files were read once, for all its series
             if not self.stores.tracker.holds(series_uid, run, owner):

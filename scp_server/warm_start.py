@@ -93,7 +93,7 @@ class WarmStartCache:
         if weights is None:
             return False
         try:
-            with atomic_path(self.path(key)) as tmp:
+            with atomic_path(self.path(key), private=True) as tmp:
                 tmp.write_bytes(weights)
         except OSError as exc:
             log.warning("warm start: the trained pair was not kept (%s)", exc)

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from unittest import mock
 
 import numpy as np
@@ -281,15 +281,18 @@ def added_noise(clean: Callable[[], np.ndarray], noise: str, seed: int) -> Image
     return Images(volume, add_noise(volume, noise, seed))
 
 
-def unit_images(clean: np.ndarray, noisy: np.ndarray, note: str, hu: bool = False, **extra: Any) -> Images:
+def unit_images(
+    clean: np.ndarray, noisy: np.ndarray, note: str, hu: bool = False, edge: Edge | None = None
+) -> Images:
     """Both mapped to [0, 1] by the noisy one's range, as the node maps a series it denoises (stored 0
     kept at 0 for non-negative data, as for MR magnitudes); 2-D slices become stacks of one."""
     intensity = IntensityMap.from_array(noisy, keep_zero=True)
     clean_unit, noisy_unit = intensity.to_unit(clean), intensity.to_unit(noisy)
     if clean_unit.ndim == 2:
         clean_unit, noisy_unit = clean_unit[np.newaxis], noisy_unit[np.newaxis]
-    units = {"per_unit": intensity.span, "units": "HU"} if hu else {}
-    return Images(clean_unit, noisy_unit, note, **units, **extra)
+    if hu:
+        return Images(clean_unit, noisy_unit, note, per_unit=intensity.span, units="HU", edge=edge)
+    return Images(clean_unit, noisy_unit, note, edge=edge)
 
 
 def lowdose_images(crop: int, seed: int) -> Images:
@@ -332,7 +335,7 @@ def brain_volume_images(slices: int, seed: int) -> Images:
     :data:`MR_VOLUME_SIGMA` of that per channel, stored as int16."""
     import nibabel as nib
 
-    volume = np.asarray(nib.load(str(brain_template())).dataobj, dtype=np.float64)
+    volume = np.asarray(nib.nifti1.load(brain_template()).get_fdata(), dtype=np.float64)
     first = volume.shape[2] // 2 - slices // 2 + 10  # through the ventricles and the basal ganglia
     clean = np.moveaxis(volume[:, :, first : first + slices], 2, 0) / volume.max() * MR_VOLUME_MAX
     noisy = np.rint(rician_magnitude(clean, MR_VOLUME_SIGMA * MR_VOLUME_MAX, seed)).astype(np.int16)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from n2d_dicom.batch import output_pairs
+from n2d_dicom.batch import check_writable, output_pairs
 from n2d_dicom.errors import N2DInputError
 
 
@@ -80,3 +80,33 @@ def test_a_folder_without_nifti_files_is_an_error(tmp_path):
 def test_an_input_that_is_not_a_nifti_name_is_an_error(tmp_path):
     with pytest.raises(N2DInputError, match="not a NIfTI file name"):
         output_pairs([tmp_path / "scan.dcm"], tmp_path / "out", None)
+
+
+@pytest.mark.parametrize("form", ["same path", "dot slash", "symbolic link", "hard link"])
+def test_in_out_naming_the_input_itself_is_refused(tmp_path, monkeypatch, form):
+    source = tmp_path / "same.nii.gz"
+    touch(source)
+    monkeypatch.chdir(tmp_path)
+    output = {
+        "same path": Path("same.nii.gz"),
+        "dot slash": Path("./same.nii.gz"),
+        "symbolic link": tmp_path / "link.nii.gz",
+        "hard link": tmp_path / "hard.nii.gz",
+    }[form]
+    if form == "symbolic link":
+        output.symlink_to(source)
+    if form == "hard link":
+        output.hardlink_to(source)
+    with pytest.raises(N2DInputError, match="this is the input itself; n2d never overwrites its input"):
+        output_pairs([Path("same.nii.gz"), output], None, None)
+
+
+def test_an_output_folder_is_checked_before_any_work(tmp_path):
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(N2DInputError, match="afile: a file, not a folder"):
+        check_writable(tmp_path / "afile" / "sub")
+    with pytest.raises(N2DInputError, match="no such folder .n2d creates only the last folder"):
+        check_writable(tmp_path / "typo" / "deeper")
+    check_writable(tmp_path / "new")  # the last folder: made when written
+    check_writable(tmp_path)
+    assert not (tmp_path / "new").exists()  # checking makes nothing

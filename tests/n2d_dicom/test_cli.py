@@ -297,3 +297,102 @@ def test_denoise_dicom_speaks_to_users_not_programmers(tmp_path):
     assert "force=True" not in result.stderr
     assert "Warning" not in result.stderr and "warn" not in result.stderr
     assert "Acquisition Number (0020,0012): invalid value" in result.stdout
+
+
+QUICK = ("--iterations", "3", "--device", "cpu", "--no-progress")
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], message: str) -> None:
+    """Exit status 1 and a single ``n2d: error:`` line on stderr that says ``message``."""
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("n2d: error: ") and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("form", ["same", "./same", "symlink"])
+def test_denoise_never_overwrites_its_input(volume, tmp_path, form):
+    before = volume.read_bytes()
+    output = {
+        "same": str(volume),
+        "./same": f"{tmp_path}/./{volume.name}",
+        "symlink": str(tmp_path / "ln.nii.gz"),
+    }
+    if form == "symlink":
+        (tmp_path / "ln.nii.gz").symlink_to(volume)
+    one_error_line(run("denoise", str(volume), output[form], *QUICK), "this is the input itself")
+    assert volume.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [("afile/out.nii.gz", "afile: a file, not a folder"), ("typo/deeper/out.nii.gz", "no such folder")],
+)
+def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_the_work(
+    volume, tmp_path, where, message
+):
+    (tmp_path / "afile").write_bytes(b"")
+    result = run("denoise", str(volume), str(tmp_path / where), *QUICK)
+    one_error_line(result, message)
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--mode", "fast"), "Invalid value for '--mode'"),
+        (("--no-such-option",), "No such option: --no-such-option"),
+    ],
+)
+def test_option_errors_are_one_line_and_exit_1_as_the_docs_say(volume, tmp_path, args, message):
+    one_error_line(run("denoise", str(volume), str(tmp_path / "o.nii.gz"), *args), message)
+
+
+def test_mode_values_are_taken_in_any_case(volume, tmp_path):
+    result = run("denoise", str(volume), str(tmp_path / "o.nii.gz"), "--mode", "PER-SLICE", *QUICK)
+    assert result.returncode == 0, result.stderr
+
+
+def test_outputs_are_as_readable_as_the_umask_allows(volume, tmp_path):
+    out = tmp_path / "out.nii.gz"
+    result = subprocess.run(
+        ["sh", "-c", f'umask 022 && exec "{N2D}" denoise "{volume}" "{out}" ' + " ".join(QUICK)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_denoise_dicom_says_no_such_folder_and_refuses_an_output_inside_its_input(tmp_path):
+    one_error_line(
+        run("denoise-dicom", str(tmp_path / "nope"), str(tmp_path / "out")), "nope: no such folder"
+    )
+    source = tmp_path / "in"
+    source.mkdir()
+    write_ct_series(source, [0.0, 5.0])
+    one_error_line(run("denoise-dicom", str(source), str(source / "out"), *QUICK), "inside the input folder")
+    one_error_line(run("denoise-dicom", str(source), str(source), *QUICK), "inside the input folder")
+    assert len(list(source.iterdir())) == 2
+
+
+def test_denoise_dicom_run_again_into_the_same_output_skips_what_it_holds(tmp_path):
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    write_ct_series(source, [0.0, 5.0])
+    first = run("denoise-dicom", str(source), str(out), *QUICK)
+    assert first.returncode == 0, first.stderr
+    [folder] = out.iterdir()
+    names = sorted(p.name for p in folder.iterdir())
+    again = run("denoise-dicom", str(source), str(out), *QUICK)
+    assert again.returncode == 0, again.stderr
+    assert "already holds its derived series from these settings (--overwrite" in again.stderr
+    assert [p.name for p in out.iterdir()] == [folder.name]
+    overwritten = run("denoise-dicom", str(source), str(out), "--overwrite", *QUICK)
+    assert overwritten.returncode == 0 and overwritten.stdout.startswith("series ")
+    assert [p.name for p in out.iterdir()] == [folder.name]
+    assert sorted(p.name for p in folder.iterdir()) == names  # the same instances, written again
+    other = run(
+        "denoise-dicom", str(source), str(out), "--iterations", "4", "--device", "cpu", "--no-progress"
+    )
+    assert other.returncode == 0 and len(list(out.iterdir())) == 2  # other settings: another series

@@ -109,7 +109,7 @@ def test_the_quick_plan_runs_one_case_per_image_and_the_filter_narrows_it():
         "MR abdomen, rician",
     ]
     every = {c.label: c.seed for c in build_cases(BenchPlan.standard(), [])}
-    assert len(every) == 11 == len(set(every.values()))
+    assert len(every) == 13 == len(set(every.values()))
     assert all(every[c.label] == c.seed for c in build_cases(BenchPlan.quick(), []) if c.label in every)
 
 
@@ -144,7 +144,65 @@ def test_the_scanner_made_cases_run_with_their_noise_in_the_header(monkeypatch):
 def test_the_rician_case_is_on_the_noisy_images_range_and_reproducible():
     rician = build_cases(TINY, ["rician"])[0]
     assert rician.noisy.shape == rician.clean.shape == (1, TINY.crop, TINY.crop)
-    assert rician.noisy.min() == 0 and rician.noisy.max() == 1
+    # A magnitude's stored zero stays at 0 (its floor is measured from there), its maximum at 1.
+    assert rician.noisy.min() > 0 and rician.noisy.max() == 1 and rician.clean.min() >= 0
     again = build_cases(TINY, ["rician"])[0]
     np.testing.assert_array_equal(rician.noisy, again.noisy)
     assert "HU" not in rician.images.note
+
+
+def test_the_realistic_plan_runs_scanner_noise_against_each_modality_s_peers():
+    plan = BenchPlan.realistic()
+    cases = {c.label: c for c in build_cases(plan, [])}
+    assert list(cases) == [
+        "CT head, lowdose",
+        "MR abdomen, rician",
+        "CT water phantom, lowdose",
+        "MR brain volume, rician",
+    ]
+    assert BenchPlan.named("realistic") == plan
+    methods = {
+        label: list(methods_for(plan, case))
+        for label, case in cases.items()
+        if label != "CT head, lowdose"  # its scan takes seconds; the phantom's shows the CT rows
+    }
+    assert methods["CT water phantom, lowdose"] == [
+        "BM3D (sigma estimated)",
+        "NLM (scikit-image)",
+        "N2D defaults",
+    ]
+    assert methods["MR abdomen, rician"] == [
+        "BM3D (sigma estimated)",
+        "NLM (scikit-image)",
+        "dipy NLM (Rician)",
+        "N2D defaults",
+    ]
+    assert methods["MR brain volume, rician"] == [
+        "BM3D (sigma estimated)",
+        "BM4D (sigma estimated)",
+        "NLM (scikit-image)",
+        "dipy NLM (Rician)",
+        "N2D defaults",
+    ]
+
+
+def test_the_mr_volume_is_adjacent_slices_of_real_anatomy_with_a_magnitude_floor():
+    volume = build_cases(replace(BenchPlan.realistic(), volume_slices=4), ["brain volume"])[0]
+    assert volume.clean.shape == volume.noisy.shape == (4, 197, 233)
+    air = volume.clean == 0
+    assert 0.3 < air.mean() < 0.95  # a head in air
+    sigma = 0.04 * volume.clean.max()
+    assert volume.noisy[air].mean() == pytest.approx(sigma * np.sqrt(np.pi / 2), rel=0.1)  # Rayleigh
+
+
+@pytest.mark.slow
+def test_the_bench_table_carries_the_physics_measures(monkeypatch):
+    monkeypatch.setattr("n2d_dicom.tools.bench.VIEWS", 60)
+    lines: list[str] = []
+    results = run_benchmark(BenchPlan.realistic(), torch.device("cpu"), ["water"], ["NLM"], lines.append)
+    assert lines[1].startswith("| case | method | PSNR dB | SSIM | noise -% | bias | TTF50 % | NPS peak |")
+    noisy, nlm = results
+    assert noisy.physics.noise_reduction == 0 and nlm.physics.noise_reduction > 30
+    assert abs(nlm.physics.bias) < 5  # HU
+    assert nlm.physics.ttf50 is not None and nlm.physics.nps_peak is not None
+    assert lines[-1].count("|") == lines[1].count("|")
