@@ -563,7 +563,7 @@ def physics(images: Images, estimate: np.ndarray) -> Physics:
     for the noisy row)."""
     clean, noisy = images.clean, images.noisy
     uniform = measures.uniform_mask(clean, noisy)
-    flat = bool(uniform.any())
+    flat = int(uniform.sum()) >= MIN_UNIFORM_PIXELS
     ttf = None
     if images.edge is not None:
         reference, found = measures.edge_ttf(clean, images.edge), measures.edge_ttf(estimate, images.edge)
@@ -592,6 +592,8 @@ def run_case(plan: BenchPlan, case: Case, device: torch.device, wanted: list[str
         yield Result(case.label, name, *quality(case.clean, estimate), seconds, peak[0], measured)
 
 
+#: Fewer uniform pixels than this, and noise and bias are not measured.
+MIN_UNIFORM_PIXELS = 256
 #: The table's header: quality, the physics measures (:class:`Physics`), cost.
 HEADER = (
     "| case | method | PSNR dB | SSIM | noise -% | bias | TTF50 % | NPS peak | residual-edge r "

@@ -42,9 +42,10 @@ def local_std(image: np.ndarray) -> np.ndarray:
 
 
 def uniform_mask(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
-    """Where the reference is flat: local standard deviation below :data:`UNIFORM_FROM_NOISE` x the noise."""
-    noise = float(np.std(noisy - clean))
-    return local_std(clean) <= UNIFORM_FROM_NOISE * noise
+    """Where the reference is flat (local standard deviation below :data:`UNIFORM_FROM_NOISE` x the
+    noise) and there is noise (not outside a scan's field of view, where both images are air)."""
+    error = noisy - clean
+    return (local_std(clean) <= UNIFORM_FROM_NOISE * float(np.std(error))) & (error != 0)
 
 
 def noise_reduction(clean: np.ndarray, noisy: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float:

@@ -196,8 +196,7 @@ def test_the_mr_volume_is_adjacent_slices_of_real_anatomy_with_a_magnitude_floor
 
 
 @pytest.mark.slow
-def test_the_bench_table_carries_the_physics_measures(monkeypatch):
-    monkeypatch.setattr("n2d_dicom.tools.bench.VIEWS", 60)
+def test_the_bench_table_carries_the_physics_measures():
     lines: list[str] = []
     results = run_benchmark(BenchPlan.realistic(), torch.device("cpu"), ["water"], ["NLM"], lines.append)
     assert lines[1].startswith("| case | method | PSNR dB | SSIM | noise -% | bias | TTF50 % | NPS peak |")
