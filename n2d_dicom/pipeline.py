@@ -181,14 +181,20 @@ def _pixels_per_object(series: DicomSeries, denoised: list[np.ndarray]) -> dict[
 NOT_MAGNITUDE = {"P", "PHASE", "R", "REAL", "I", "IMAGINARY"}
 
 
-def settings_for_series(settings: N2DSettings, dataset: Dataset) -> N2DSettings:
-    """``settings`` as they apply to a series like ``dataset``: ``rician: auto`` is off but for MR
-    magnitude images (the header says what the pixels cannot: a CT's air can look like a floor)."""
+def settings_for_modality(settings: N2DSettings, modality: str, image_type: list[str]) -> N2DSettings:
+    """``settings`` as they apply to images of ``modality`` and ``image_type`` (DICOM's values):
+    ``rician: auto`` is on for MR magnitude images, whose noise is Rician whether or not the image
+    shows air to measure it in, and off for everything else (a CT's air can look like a floor)."""
     if settings.rician != "auto":
         return settings
-    image_type = [str(v).upper() for v in dataset.get("ImageType", [])]
-    magnitude = dataset.get("Modality") == "MR" and not NOT_MAGNITUDE.intersection(image_type[2:3])
-    return settings if magnitude else settings.model_copy(update={"rician": "off"})
+    magnitude = modality == "MR" and not NOT_MAGNITUDE.intersection(v.upper() for v in image_type[2:3])
+    return settings.model_copy(update={"rician": "on" if magnitude else "off"})
+
+
+def settings_for_series(settings: N2DSettings, dataset: Dataset) -> N2DSettings:
+    """:func:`settings_for_modality` for a series like ``dataset``."""
+    image_type = [str(v) for v in dataset.get("ImageType", [])]
+    return settings_for_modality(settings, str(dataset.get("Modality", "")), image_type)
 
 
 def denoise_series(

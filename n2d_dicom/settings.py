@@ -71,8 +71,9 @@ class N2DSettings(BaseModel):
         "lifts air and dark tissue by a floor that denoising does not remove: on: measure the noise "
         "per channel (in the background, else in the tissue) and map the denoised image back "
         "through the exact inverse of the magnitude's mean (n2d_dicom/magnitude.py); the Anscombe "
-        "transform is then not used. auto: only where a background with a magnitude's statistics "
-        "is found (and, in DICOM, only for MR); off: as the paper.",
+        "transform is then not used. auto: in DICOM, on for MR magnitude images and off for the "
+        "rest; elsewhere (NIfTI), on where the image shows a background with a magnitude's "
+        "statistics whose noise agrees with the tissue's. off: as the paper.",
     )
     coils: int = Field(
         1,

@@ -37,6 +37,7 @@ from n2d_dicom.engine import denoise_slices
 from n2d_dicom.errors import N2DInputError
 from n2d_dicom.intensity import IntensityMap
 from n2d_dicom.nlm import nlm_estimate
+from n2d_dicom.pipeline import settings_for_modality
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools import measures
 from n2d_dicom.tools.measures import Edge
@@ -492,7 +493,11 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     if plan.ablations:
         chosen["N2D per-slice, noise auto"] = n2d_method(paper.model_copy(update={"noise": "auto"}))
         chosen["N2D per-slice, Anscombe"] = n2d_method(paper.model_copy(update={"anscombe": "on"}))
-    chosen["N2D per-slice, defaults" if plan.paper_rows else "N2D defaults"] = n2d_method(plan.settings)
+    # The defaults as the node applies them to a DICOM series of the case's modality (an MR magnitude
+    # where the noise is a magnitude's; the noises added to the MR crop are not).
+    modality = "MR" if case.noise == "rician" else "CT" if case.name.startswith("CT") else "OT"
+    node = settings_for_modality(plan.settings, modality, ["ORIGINAL", "PRIMARY", "M"])
+    chosen["N2D per-slice, defaults" if plan.paper_rows else "N2D defaults"] = n2d_method(node)
     if volume and plan.paper_rows:
         chosen["N2D per-series"] = n2d_method(paper.model_copy(update={"mode": "per-series"}))
     return chosen

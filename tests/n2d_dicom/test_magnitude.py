@@ -103,7 +103,8 @@ def header(modality: str, image_type: list[str]) -> Dataset:
 @pytest.mark.parametrize(
     ("asked", "modality", "image_type", "applies"),
     [
-        ("auto", "MR", ["ORIGINAL", "PRIMARY", "M", "ND"], "auto"),
+        ("auto", "MR", ["ORIGINAL", "PRIMARY", "M", "ND"], "on"),  # the header says magnitude
+        ("auto", "MR", ["DERIVED", "SECONDARY"], "on"),
         ("auto", "MR", ["ORIGINAL", "PRIMARY", "P", "ND"], "off"),  # phase image
         ("auto", "CT", ["ORIGINAL", "PRIMARY", "AXIAL"], "off"),
         ("on", "CT", ["ORIGINAL", "PRIMARY", "AXIAL"], "on"),  # asked for: kept
