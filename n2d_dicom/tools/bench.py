@@ -493,14 +493,20 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     if plan.ablations:
         chosen["N2D per-slice, noise auto"] = n2d_method(paper.model_copy(update={"noise": "auto"}))
         chosen["N2D per-slice, Anscombe"] = n2d_method(paper.model_copy(update={"anscombe": "on"}))
-    # The defaults as the node applies them to a DICOM series of the case's modality (an MR magnitude
-    # where the noise is a magnitude's; the noises added to the MR crop are not).
-    modality = "MR" if case.noise == "rician" else "CT" if case.name.startswith("CT") else "OT"
-    node = settings_for_modality(plan.settings, modality, ["ORIGINAL", "PRIMARY", "M"])
-    chosen["N2D per-slice, defaults" if plan.paper_rows else "N2D defaults"] = n2d_method(node)
+    chosen["N2D per-slice, defaults" if plan.paper_rows else "N2D defaults"] = n2d_method(
+        as_node_runs(plan.settings, case)
+    )
     if volume and plan.paper_rows:
         chosen["N2D per-series"] = n2d_method(paper.model_copy(update={"mode": "per-series"}))
     return chosen
+
+
+def as_node_runs(settings: N2DSettings, case: Case) -> N2DSettings:
+    """``settings`` as the node applies them to a DICOM series of the case's modality: an MR
+    magnitude where the noise is a magnitude's (the noises added to the MR crop are not), CT for
+    the CT cases (:func:`~n2d_dicom.pipeline.settings_for_modality`)."""
+    modality = "MR" if case.noise == "rician" else "CT" if case.name.startswith("CT") else "OT"
+    return settings_for_modality(settings, modality, ["ORIGINAL", "PRIMARY", "M"])
 
 
 def select_methods(methods: dict[str, Denoiser], wanted: list[str]) -> dict[str, Denoiser]:

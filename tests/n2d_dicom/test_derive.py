@@ -141,7 +141,29 @@ def test_provenance_is_recorded(ct_series, tmp_path):
         # what the image decided: stride, Anscombe applied, Wiener window
         assert block[0x0E].value in (1, 2, 3, 4) and block[0x0F].value in ("YES", "NO")
         assert block[0x10].value in (8, 16, 24)
+        assert block[0x14].value == "OFF" and block[0x15].value == 1  # rician: auto is off for CT
+        assert 0x16 not in block  # no magnitude floor taken out
         assert "; measured: sampling stride" in ds.DerivationDescription
+
+
+def test_a_magnitude_floor_taken_out_is_recorded_with_its_sigma():
+    measured = (Measured(stride=1, stabilised=False, wiener_side=8, rician_sigma=0.0125),)
+    provenance = Provenance(
+        n2d=QUICK.model_copy(update={"rician": "on"}), device="cpu", seconds=1.0, measured=measured
+    )
+    source = pydicom.dcmread(data_file("MR_small.dcm"))
+    derived = derive_instance(
+        source,
+        source.pixel_array,
+        pydicom.uid.generate_uid(),
+        provenance,
+        DerivationSettings(),
+        datetime.now(),
+    )
+    block = derived.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    assert (block[0x14].value, block[0x15].value, block[0x16].value) == ("ON", 1, 0.0125)
+    assert "Rician on" in derived.DerivationDescription
+    assert derived.DerivationDescription.endswith("Rician floor removed (sigma 0.0125), Wiener window 8")
 
 
 def test_provenance_says_what_each_stack_measured():

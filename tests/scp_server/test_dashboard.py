@@ -268,3 +268,11 @@ def test_the_node_serves_the_page_on_its_http_port_only_when_enabled(tmp_path, e
     else:
         assert code == 404
     assert missing == 404 and metrics == 200
+
+
+def test_a_run_s_decisions_say_whether_a_magnitude_floor_was_taken_out():
+    from scp_server.dashboard import describe
+
+    taken = describe({"stride": 1, "stabilised": False, "wiener_side": 8, "rician_sigma": 0.0125})
+    assert "Rician floor removed (sigma 0.0125)" in taken and "rician sigma" not in taken
+    assert "no Rician correction" in describe({"stride": 1, "stabilised": False, "wiener_side": 8})
