@@ -327,13 +327,15 @@ def _mark_frames_derived(derived: Dataset, source: Dataset, description: str) ->
     Each frame references its own source frame where the source has per-frame
     groups, else the shared groups reference the source. A functional group lives
     in the shared or the per-frame groups, never both. A source with neither
-    (which its IOD requires, but some writers omit) gets none: shared groups made
-    up here would lack every other macro the IOD requires of them, and Source
-    Image Evidence is allowed only beside a Source Image Sequence; such a derived
-    object is described in its Contributing Equipment item and private block.
+    (which its IOD requires, but some writers omit) gets shared groups holding the
+    Derivation Image macro alone: the derived object must say what it came from, and
+    that is the one place its IOD allows it (with Source Image Evidence beside it).
     """
     per_frame = derived.get("PerFrameFunctionalGroupsSequence")
     shared = derived.get("SharedFunctionalGroupsSequence") or []
+    if not per_frame and not shared:
+        shared = [Dataset()]
+        derived.SharedFunctionalGroupsSequence = Sequence(shared)
     if per_frame:
         for index, frame in enumerate(per_frame, start=1):
             frame.DerivationImageSequence = _derivation_image(source, description, [index])
@@ -342,8 +344,7 @@ def _mark_frames_derived(derived: Dataset, source: Dataset, description: str) ->
                 del group.DerivationImageSequence
     elif shared:
         shared[0].DerivationImageSequence = _derivation_image(source, description, None)
-    if per_frame or shared:
-        derived.SourceImageEvidenceSequence = Sequence([_hierarchical_reference(source)])
+    derived.SourceImageEvidenceSequence = Sequence([_hierarchical_reference(source)])
     for groups in (shared, per_frame or []):
         for group in groups:
             for element in group:
@@ -370,7 +371,9 @@ def _mark_lossy_history(derived: Dataset, source: Dataset) -> None:
     """Lossy Image Compression 01, method and ratio, where the source's transfer syntax was lossy.
 
     The compression is appended to the source's own history, unless the source
-    already records it last (a writer storing a lossy file usually does).
+    already records it last (a writer storing a lossy file usually does). A source that
+    records it by its ratio alone (one ratio more than methods) gets the method added, so that
+    methods and ratios pair up; no ratio is added, since n2d compressed nothing.
     """
     meta = getattr(source, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
@@ -379,6 +382,9 @@ def _mark_lossy_history(derived: Dataset, source: Dataset) -> None:
         return
     methods = [str(v) for v in _as_list(source.get("LossyImageCompressionMethod"))]
     ratios = [str(v) for v in _as_list(source.get("LossyImageCompressionRatio"))]
+    if source.get("LossyImageCompression") == "01" and len(ratios) == len(methods) + 1:
+        derived.LossyImageCompressionMethod = [*methods, method]
+        return
     if source.get("LossyImageCompression") == "01" and methods[-1:] == [method]:
         return
     derived.LossyImageCompression = "01"
