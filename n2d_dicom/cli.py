@@ -153,8 +153,8 @@ def denoise_file(
         f"({describe_split(ran, **front_end)})"
     )
     if preview is not None:
-        guarded(lambda: nifti_preview(source, output, chosen_axis, preview))
-        typer.echo(f"{preview}: input, output and residual (input - output) of the middle slice")
+        window = guarded(lambda: nifti_preview(source, output, chosen_axis, preview))
+        typer.echo(f"{preview}: input, output and residual (input - output) of the middle slice, {window}")
 
 
 def run_identity(settings: N2DSettings, derivation: DerivationSettings) -> str:

@@ -13,6 +13,9 @@ DICOM's LPS (x and y change sign), as dcm2niix and ITK do.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -40,13 +43,27 @@ def nifti_suffix(path: Path) -> str:
     raise N2DInputError(f"{path}: not a NIfTI file name (expected {' or '.join(NIFTI_SUFFIXES)})")
 
 
+@contextmanager
+def _nibabel_quiet() -> Iterator[None]:
+    """nibabel's own logger held above every level meanwhile."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def read_nifti(path: Path) -> NiftiImage:
     """Load a NIfTI-1/2 image, with a one-line error naming the file if that fails."""
     nifti_suffix(path)
     if not path.is_file():
         raise N2DInputError(f"{path}: no such file")
     try:
-        image = nib.load(path)
+        # nibabel also logs what it then raises ("data code 1 not supported"): one line, ours.
+        with _nibabel_quiet():
+            image = nib.load(path)
     except Exception as exc:  # nibabel raises many types for damaged files
         raise N2DInputError(f"{path}: cannot read as NIfTI ({exc})") from exc
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
@@ -59,6 +76,15 @@ def _file_proxy(image: NiftiImage) -> ArrayProxy:
     if not isinstance(image.dataobj, ArrayProxy):
         raise TypeError("expected an image loaded from a file")
     return image.dataobj
+
+
+def scaling(image: NiftiImage) -> tuple[float, float]:
+    """The slope and intercept nibabel applies to stored values (1 and 0 where the header has none)."""
+    proxy = _file_proxy(image)
+    slope, intercept = float(proxy.slope), float(proxy.inter)
+    return (slope if np.isfinite(slope) and slope != 0 else 1.0), (
+        intercept if np.isfinite(intercept) else 0.0
+    )
 
 
 def stored_values(image: NiftiImage) -> np.ndarray:

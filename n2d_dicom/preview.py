@@ -23,12 +23,18 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
 from n2d_dicom.atomic import atomic_path
-from n2d_dicom.nifti_io import read_nifti, stored_values
+from n2d_dicom.nifti_io import read_nifti, scaling, stored_values
 
 #: Longest side of a picture; larger slices are reduced by a whole factor (box filter).
 MAX_SIDE = 256
 #: Percentiles of the input that bound the display window where the series names none.
 WINDOW_PERCENTILES = (1.0, 99.0)
+#: Center and width (HU) of the soft-tissue window, for CT that names no window of its own: on its
+#: full range soft tissue is one flat grey.
+SOFT_TISSUE = (40.0, 400.0)
+#: Values (after rescale) look like CT's HU when their 1st percentile is air or below and none
+#: exceeds this (dense bone and metal stay under it).
+HU_AIR, HU_TOP = -900.0, 4000.0
 #: Percentile of ``|residual|`` drawn as full black or white; a few brighter pixels saturate.
 RESIDUAL_PERCENTILE = 99.0
 #: The panels of a run's picture, in the order they are drawn side by side.
@@ -71,8 +77,24 @@ def dicom_window(dataset: Dataset, image: np.ndarray) -> Window:
     slope = float(dataset.get("RescaleSlope") or 1.0)
     intercept = float(dataset.get("RescaleIntercept") or 0.0)
     if center is None or width is None or width <= 0 or slope == 0:
+        if dataset.get("Modality") == "CT" and slope != 0:
+            return Window.from_center_width(*SOFT_TISSUE, slope, intercept)
         return Window.from_percentiles(image)
     return Window.from_center_width(center, width, slope, intercept)
+
+
+def values_window(stored: np.ndarray, slope: float, intercept: float) -> tuple[Window, str]:
+    """The window for stored values that name none (NIfTI): the soft-tissue window where their
+    rescaled values look like CT's HU, else the stored values' percentiles; and which, in words."""
+    values = np.asarray(stored, dtype=np.float64) * slope + intercept
+    finite = values[np.isfinite(values)]
+    if slope != 0 and finite.size and np.percentile(finite, 1) <= HU_AIR and finite.max() <= HU_TOP:
+        center, width = SOFT_TISSUE
+        return Window.from_center_width(center, width, slope, intercept), (
+            f"soft-tissue window {center:g}/{width:g} HU (the values look like CT)"
+        )
+    low, high = WINDOW_PERCENTILES
+    return Window.from_percentiles(stored), f"window from the input's {low:g}th to {high:g}th percentile"
 
 
 def _first(value: object) -> float | None:
@@ -187,13 +209,19 @@ def middle_slice(volume: np.ndarray, axis: int) -> np.ndarray:
     return array
 
 
-def nifti_preview(source: Path, output: Path, axis: int, picture: Path) -> None:
-    """Write the input/output/residual picture of the middle slice of a NIfTI run to ``picture``.
+def nifti_preview(source: Path, output: Path, axis: int, picture: Path) -> str:
+    """Write the input/output/residual picture of the middle slice of a NIfTI run to ``picture``;
+    returns the window used, in words.
 
-    NIfTI has no display window, so the input's percentiles set it; the slice is turned a
-    quarter so that, for the usual RAS+ orientation, anterior or superior is up.
+    NIfTI has no display window: CT in HU gets the soft-tissue window, anything else the input's
+    percentiles (:func:`values_window`). The slice is turned a quarter so that, for the usual
+    RAS+ orientation, anterior or superior is up.
     """
-    before = middle_slice(stored_values(read_nifti(source)), axis)
+    image = read_nifti(source)
+    slope, intercept = scaling(image)
+    before = middle_slice(stored_values(image), axis)
     after = middle_slice(stored_values(read_nifti(output)), axis)
     before, after = np.rot90(before), np.rot90(after)
-    write_png(side_by_side(slice_pictures(before, after, Window.from_percentiles(before))), picture)
+    window, words = values_window(before, slope, intercept)
+    write_png(side_by_side(slice_pictures(before, after, window)), picture)
+    return words

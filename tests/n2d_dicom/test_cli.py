@@ -396,3 +396,24 @@ def test_denoise_dicom_run_again_into_the_same_output_skips_what_it_holds(tmp_pa
         "denoise-dicom", str(source), str(out), "--iterations", "4", "--device", "cpu", "--no-progress"
     )
     assert other.returncode == 0 and len(list(out.iterdir())) == 2  # other settings: another series
+
+
+def test_a_nifti_of_an_unsupported_datatype_gives_our_line_alone(tmp_path):
+    source = tmp_path / "binary.nii"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.uint8), np.eye(4)), source)
+    header = bytearray(source.read_bytes())
+    header[70:74] = (1).to_bytes(2, "little") + (1).to_bytes(2, "little")  # datatype 1 (binary), bitpix 1
+    source.write_bytes(bytes(header))
+    one_error_line(run("denoise", str(source), str(tmp_path / "o.nii"), *QUICK), "cannot read as NIfTI")
+
+
+def test_the_preview_of_ct_is_drawn_in_the_soft_tissue_window_and_says_so(volume, tmp_path):
+    hu = tmp_path / "hu.nii.gz"
+    rng = np.random.default_rng(0)
+    data = np.where(np.indices((16, 16, 2))[0] < 4, -1000, 40 + rng.normal(0, 20, (16, 16, 2))).astype(
+        np.int16
+    )
+    nib.save(nib.Nifti1Image(data, np.eye(4)), hu)
+    result = run("denoise", str(hu), str(tmp_path / "o.nii.gz"), "--preview", str(tmp_path / "p.png"), *QUICK)
+    assert result.returncode == 0, result.stderr
+    assert "soft-tissue window 40/400 HU" in result.stdout

@@ -22,6 +22,7 @@ from n2d_dicom.preview import (
     side_by_side,
     slice_pictures,
     symmetric,
+    values_window,
     windowed,
 )
 
@@ -119,3 +120,21 @@ def test_denoise_refuses_a_preview_that_is_not_a_png_before_denoising(tmp_path):
     args = ["denoise", str(tmp_path / "in.nii.gz"), str(tmp_path / "out.nii.gz"), "--preview", "p.jpg"]
     result = subprocess.run([str(N2D), *args], capture_output=True, text=True)
     assert result.returncode == 1 and "p.jpg" in result.stderr and ".png" in result.stderr
+
+
+def test_ct_without_a_window_is_drawn_in_the_soft_tissue_window():
+    header = ct_header(Modality="CT")
+    window = dicom_window(header, np.zeros((4, 4)))
+    assert window == Window.from_center_width(40, 400, 1, -1024)
+
+
+def test_values_in_hu_get_the_soft_tissue_window_and_others_their_percentiles():
+    hu = np.array([[-1000.0, -500, 0, 40, 240, 1500]] * 10)
+    window, words = values_window(hu, 1.0, 0.0)
+    assert windowed(np.array([[-160, 40, 240]]), window).tolist() == [[0, 128, 255]]
+    assert "soft-tissue window 40/400 HU" in words
+    stored = hu + 1024  # stored with an intercept, as CT NIfTI often is
+    assert values_window(stored, 1.0, -1024.0)[0] == Window.from_center_width(40, 400, 1, -1024)
+    mr = np.arange(1000, dtype=np.float64).reshape(10, 100)
+    window, words = values_window(mr, 1.0, 0.0)
+    assert window == Window.from_percentiles(mr) and "percentile" in words
