@@ -24,7 +24,7 @@ Rician = Literal["off", "on", "auto"]
 #: ``mode: auto`` trains per-series on stacks of at least this many slices.
 AUTO_SERIES_FROM = 8
 #: The most Adam steps of each network where ``iterations`` is not set, by the mode that runs.
-DEFAULT_ITERATIONS: dict[RanMode, int] = {"per-slice": 2000, "per-series": 600}
+DEFAULT_ITERATIONS: dict[RanMode, int] = {"per-slice": 2000, "per-series": 1000}
 #: Hidden channels of each network where ``channels`` is not set, by the mode that runs.
 DEFAULT_CHANNELS: dict[RanMode, int] = {"per-slice": 48, "per-series": 32}
 
@@ -105,8 +105,8 @@ class N2DSettings(BaseModel):
         ge=1,
         le=100_000,
         description="Adam steps for each of the two networks (the most, where early stopping may stop "
-        "sooner). null: 2000 per-slice (the paper's), 600 per-series, where every step draws new crops "
-        "of the series and more steps measured no better (docs/benchmarks.md).",
+        "sooner). null: 2000 per-slice (the paper's), 1000 per-series, where every step draws new "
+        "crops of the series (the choice against time is in docs/benchmarks.md).",
     )
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")
     channels: int | None = Field(

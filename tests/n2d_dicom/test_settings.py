@@ -10,7 +10,7 @@ def test_unset_steps_and_width_follow_the_mode_that_runs():
     settings = N2DSettings()
     series = settings.for_stack(AUTO_SERIES_FROM)
     single = settings.for_stack(AUTO_SERIES_FROM - 1)
-    assert (series.mode, series.steps, series.width) == ("per-series", 600, 32)
+    assert (series.mode, series.steps, series.width) == ("per-series", 1000, 32)
     assert (single.mode, single.steps, single.width) == ("per-slice", 2000, 48)  # the paper's
 
 
@@ -31,6 +31,6 @@ def test_undecided_settings_have_no_steps_or_width():
 def test_what_ran_is_read_from_the_first_stack_measured():
     ran = (Measured(stride=1, stabilised=False, wiener_side=None, mode="per-slice"),)
     assert as_ran(ran, N2DSettings()).steps == 2000
-    assert as_ran((), N2DSettings()).steps == 600  # nothing measured: as a series would run
+    assert as_ran((), N2DSettings()).steps == 1000  # nothing measured: as a series would run
     bf16 = (Measured(stride=1, stabilised=False, wiener_side=None, mode="per-series", precision="bf16"),)
     assert as_ran(bf16, N2DSettings()).precision == "bf16"  # auto, as decided on the device
