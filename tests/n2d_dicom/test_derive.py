@@ -229,7 +229,17 @@ def test_derived_objects_add_no_dciodvfy_error_to_their_source(name, tmp_path):
     (series,), _ = read_dicom_files([data_file(name)])
     derived = denoise_series(series, QUICK, DerivationSettings(), torch.device("cpu"))
     (path,) = write_instances(derived.datasets, tmp_path)
-    assert dciodvfy_errors(path) - dciodvfy_errors(data_file(name)) == set()
+    assert added_errors(path, data_file(name)) == set()
+
+
+def added_errors(derived: Path, source: Path) -> set[str]:
+    """The dciodvfy errors of ``derived`` its ``source`` does not have, less those of shared
+    functional groups made for a source that had none (they lack the macros the source lacked)."""
+    added = dciodvfy_errors(derived) - dciodvfy_errors(source)
+    if "SharedFunctionalGroupsSequence" in pydicom.dcmread(source, stop_before_pixels=True):
+        return added
+    made = "</SharedFunctionalGroupsSequence(5200,9229)[1]/"
+    return {e for e in added if not (made in e and "Missing attribute for Type 1" in e)}
 
 
 @pytest.mark.slow
@@ -374,14 +384,7 @@ def test_enhanced_objects_carry_their_derivation_only_in_the_functional_groups(n
         assert image.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     (path,) = write_instances(derived.datasets, tmp_path)
     assert dciodvfy_not_in_iod(path) - dciodvfy_not_in_iod(data_file(name)) == set()
-    added = dciodvfy_errors(path) - dciodvfy_errors(data_file(name))
-    if "SharedFunctionalGroupsSequence" in source:
-        assert added == set()
-    else:  # the source's missing shared groups, now there, still lack the macros the source lacked
-        assert added and all(
-            "</SharedFunctionalGroupsSequence(5200,9229)[1]/" in e and "Missing attribute for Type 1" in e
-            for e in added
-        )
+    assert added_errors(path, data_file(name)) == set()
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,10 @@ def test_benchmark_prints_one_table_row_per_method_and_case():
         "N2D per-slice, defaults",
         "N2D per-series",
     ]
-    assert lines[1] == "| case | method | PSNR dB | SSIM | seconds | peak MB |"
+    assert lines[1] == (
+        "| case | method | PSNR dB | SSIM | noise -% | bias | TTF50 % | NPS peak | residual-edge r "
+        "| seconds | peak MB |"
+    )
     assert len(lines) == 3 + len(results)
     assert all(r.seconds is not None and r.seconds > 0 for r in results[1:])
     bm3d, known = results[1], results[2]
@@ -128,7 +131,13 @@ def test_a_method_named_exactly_runs_alone_and_a_part_of_a_name_runs_every_match
 def test_the_scanner_made_cases_run_with_their_noise_in_the_header(monkeypatch):
     monkeypatch.setattr("n2d_dicom.tools.bench.VIEWS", 60)  # a coarse scan: the projections are quick
     lines: list[str] = []
-    results = run_benchmark(TINY, torch.device("cpu"), ["lowdose", "rician"], ["NLM"], lines.append)
+    results = run_benchmark(
+        TINY,
+        torch.device("cpu"),
+        ["CT head, lowdose", "MR abdomen, rician"],
+        ["NLM (scikit-image)"],
+        lines.append,
+    )
     assert [(r.case, r.method) for r in results] == [
         ("CT head, lowdose", "noisy input"),
         ("CT head, lowdose", "NLM (scikit-image)"),
