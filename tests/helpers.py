@@ -6,6 +6,8 @@ module does not drag another one's tests along.
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 import socket
 import sys
@@ -17,11 +19,26 @@ N2D = Path(sys.executable).with_name("n2d")
 CALLER = "STORESCU"
 
 
+#: Ports handed to tests: below the kernel's ephemeral range (32768 and up on Linux), so that no
+#: client socket is given one, in a block of its own for each pytest-xdist worker, so that two
+#: workers never pick the same port between a probe and the bind of the server it is for.
+PORT_BASE, PORT_BLOCK = 20000, 1500
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on now, never handed out twice in a test session."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    first = PORT_BASE + PORT_BLOCK * (int(worker.removeprefix("gw") or 0) % 8)
+    for _ in range(PORT_BLOCK):
+        port = first + next(_next_port) % PORT_BLOCK
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {first}-{first + PORT_BLOCK - 1}")
 
 
 def dcmtk(tool: str) -> str:
