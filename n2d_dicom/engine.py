@@ -42,7 +42,7 @@ from n2d_dicom.measured import PHASE_NAMES, Measured, Report
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.nlm import blend_nlm
 from n2d_dicom.noise import decorrelating_stride, keep_structure, spread_slices
-from n2d_dicom.settings import N2DSettings, Precision
+from n2d_dicom.settings import EARLY_STOP_FROM, N2DSettings, Precision
 from n2d_dicom.variance import stabiliser_for
 from n2d_dicom.wiener import wiener_refine
 
@@ -54,8 +54,8 @@ MIN_SIDE = 8
 REFINE_FACTORS = (2, 4)
 #: Added to a stage-1 seed to seed its stage-3 network, so that ``f`` and ``g`` start differently.
 DETAIL_SEED_OFFSET = 1_000_003
-#: per-series early stopping holds out one slice in this many.
-HELD_OUT_EVERY = 8
+#: per-series early stopping holds out one slice in this many (series of at least as many slices).
+HELD_OUT_EVERY = EARLY_STOP_FROM
 
 #: Pixels (times networks) of one inference call on a CPU: strips of about this many keep the hidden
 #: activations in cache, about twice as fast as whole slices (docs/benchmarks.md).
@@ -403,8 +403,8 @@ def denoise_slices(
     joins stage 2's smooth intermediate (``settings.nlm_blend``, :mod:`n2d_dicom.nlm`);
     with a stride above 1 structure the decorrelated output removed is put back
     (:mod:`n2d_dicom.noise`); last, an empirical Wiener filter with the output as its pilot
-    (``settings.wiener``, :mod:`n2d_dicom.wiener`). ``settings.mode`` ``auto`` is decided here,
-    on the number of slices (:meth:`N2DSettings.mode_for`).
+    (``settings.wiener``, :mod:`n2d_dicom.wiener`). ``settings.mode`` ``auto`` and the default
+    steps are decided here, on the number of slices (:meth:`N2DSettings.for_stack`).
 
     ``settings.slice_batch`` is an upper bound: fewer slices go together when the
     device's free memory would not hold them (see :func:`fit_slice_batch`).
@@ -439,6 +439,7 @@ def denoise_slices(
                 wiener_side=side,
                 mode=settings.mode_for(noisy.shape[0]),
                 precision=precision,
+                iterations=settings.steps,
                 steps=trained.steps,
                 seconds=dict(clock.seconds),
                 warm_from=trained.warm_from,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from n2d_dicom.settings import AUTO_SERIES_FROM, N2DSettings, RanMode, RanPrecision
+from n2d_dicom.settings import EARLY_STOP_FROM, N2DSettings, RanMode, RanPrecision
 
 #: The phases of a run, in order: what a run's seconds are split into. The engine times the middle
 #: five; the front ends (``n2d denoise``, ``denoise-dicom``, the node) time reading and writing.
@@ -44,6 +44,8 @@ class Measured:
     """The mode that ran: ``per-slice`` or ``per-series`` (``auto`` decided on the stack's size)."""
     precision: RanPrecision = "fp32"
     """The precision the networks ran in (``auto`` decided on the device)."""
+    iterations: int | None = None
+    """The most steps each network could take (``iterations`` as decided for the stack)."""
     steps: tuple[int, ...] = ()
     """Adam steps each network took (stage 1, then stage 3), fewer than asked where early stopping
     cut training short; in per-slice mode those of every slice's networks."""
@@ -88,8 +90,12 @@ def as_ran(measured: tuple[Measured, ...], settings: N2DSettings) -> N2DSettings
     """``settings`` as they ran on the first stack (:meth:`~n2d_dicom.settings.N2DSettings.for_mode`),
     iterations, channels and precision decided; as they would run on a series where nothing was measured."""
     if not measured:
-        return settings.for_mode(settings.mode_for(AUTO_SERIES_FROM))
-    return settings.for_mode(measured[0].mode).model_copy(update={"precision": measured[0].precision})
+        return settings.for_stack(EARLY_STOP_FROM)
+    first = measured[0]
+    decided = settings.for_mode(first.mode).model_copy(update={"precision": first.precision})
+    if first.iterations is None:
+        return decided
+    return decided.model_copy(update={"iterations": first.iterations})
 
 
 def steps_taken(measured: tuple[Measured, ...]) -> str:

@@ -21,10 +21,14 @@ Noise = Literal["auto", "white", "correlated"]
 Anscombe = Literal["off", "on", "auto"]
 Rician = Literal["off", "on", "auto"]
 
-#: ``mode: auto`` trains per-series on stacks of at least this many slices.
-AUTO_SERIES_FROM = 8
+#: Per-series mode holds slices out for early stopping on stacks of at least this many slices.
+EARLY_STOP_FROM = 8
 #: The most Adam steps of each network where ``iterations`` is not set, by the mode that runs.
 DEFAULT_ITERATIONS: dict[RanMode, int] = {"per-slice": 2000, "per-series": 1000}
+#: Per-series steps on a stack too small to hold slices out (no early stopping): those of per-slice
+#: mode, whose quality they match on single slices (docs/benchmarks.md) at a fraction of the cost
+#: on several (one network pair for the stack, not one per slice).
+SMALL_STACK_ITERATIONS = 2000
 #: Hidden channels of each network where ``channels`` is not set, by the mode that runs.
 DEFAULT_CHANNELS: dict[RanMode, int] = {"per-slice": 48, "per-series": 32}
 
@@ -37,10 +41,9 @@ class N2DSettings(BaseModel):
     mode: Mode = Field(
         "auto",
         description="per-slice: one network pair per slice (the paper's setting). "
-        "per-series: one pair trained on random slices of the whole volume, then applied to "
-        "every slice (several times faster on multi-slice volumes, and at least as good from 8 "
-        "slices on in the benchmark). auto: per-series for stacks of 8 slices or more, per-slice "
-        "for fewer.",
+        "per-series: one pair trained on random crops of the whole stack, then applied to "
+        "every slice (the cost follows the steps, not the slices; as good on the bench's realistic "
+        "cases, single slices included). auto: per-series.",
     )
     pipeline: Pipeline = Field(
         "n2d",
@@ -105,8 +108,9 @@ class N2DSettings(BaseModel):
         ge=1,
         le=100_000,
         description="Adam steps for each of the two networks (the most, where early stopping may stop "
-        "sooner). null: 2000 per-slice (the paper's), 1000 per-series, where every step draws new "
-        "crops of the series (the choice against time is in docs/benchmarks.md).",
+        "sooner). null: 2000 per-slice (the paper's); per-series, where every step draws new crops "
+        "of the stack, 1000 on stacks of 8 slices or more (early stopping on) and 2000 on smaller "
+        "ones (the choice against time is in docs/benchmarks.md).",
     )
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")
     channels: int | None = Field(
@@ -162,25 +166,25 @@ class N2DSettings(BaseModel):
     )
 
     def mode_for(self, slices: int) -> RanMode:
-        """The mode that runs on a stack of ``slices`` slices: ``auto`` decided on its size."""
-        if self.mode != "auto":
-            return self.mode
-        return "per-series" if slices >= AUTO_SERIES_FROM else "per-slice"
+        """The mode that runs on a stack of ``slices`` slices (``auto``: per-series, whatever its size)."""
+        return "per-series" if self.mode == "auto" else self.mode
 
-    def for_mode(self, mode: RanMode) -> N2DSettings:
-        """These settings as they run in ``mode``: ``iterations`` and ``channels`` the mode's defaults
-        where they are not set."""
+    def for_mode(self, mode: RanMode, slices: int = EARLY_STOP_FROM) -> N2DSettings:
+        """These settings as they run in ``mode`` on ``slices`` slices: ``iterations`` and
+        ``channels`` the mode's defaults where they are not set."""
+        small = mode == "per-series" and slices < EARLY_STOP_FROM
+        steps = SMALL_STACK_ITERATIONS if small else DEFAULT_ITERATIONS[mode]
         return self.model_copy(
             update={
                 "mode": mode,
-                "iterations": self.iterations or DEFAULT_ITERATIONS[mode],
+                "iterations": self.iterations or steps,
                 "channels": self.channels or DEFAULT_CHANNELS[mode],
             }
         )
 
     def for_stack(self, slices: int) -> N2DSettings:
         """These settings as they run on a stack of ``slices`` slices (:meth:`for_mode`)."""
-        return self.for_mode(self.mode_for(slices))
+        return self.for_mode(self.mode_for(slices), slices)
 
     @property
     def steps(self) -> int:

@@ -493,9 +493,7 @@ def methods_for(plan: BenchPlan, case: Case) -> dict[str, Denoiser]:
     if plan.ablations:
         chosen["N2D per-slice, noise auto"] = n2d_method(paper.model_copy(update={"noise": "auto"}))
         chosen["N2D per-slice, Anscombe"] = n2d_method(paper.model_copy(update={"anscombe": "on"}))
-    chosen["N2D per-slice, defaults" if plan.paper_rows else "N2D defaults"] = n2d_method(
-        as_node_runs(plan.settings, case)
-    )
+    chosen["N2D defaults"] = n2d_method(as_node_runs(plan.settings, case))
     if volume and plan.paper_rows:
         chosen["N2D per-series"] = n2d_method(paper.model_copy(update={"mode": "per-series"}))
     return chosen

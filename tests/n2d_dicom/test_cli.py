@@ -35,7 +35,7 @@ def test_denoise_writes_the_output_and_reports_a_summary(volume, tmp_path):
     out = tmp_path / "ct_n2d.nii.gz"
     result = run("denoise", str(volume), str(out), "--iterations", "3", "--device", "cpu", "--no-progress")
     assert result.returncode == 0, result.stderr
-    assert "denoised 2 slices (per-slice, 3 iterations, cpu; sampling stride " in result.stdout
+    assert "denoised 2 slices (per-series, 3 iterations, cpu; sampling stride " in result.stdout
     assert "Anscombe " in result.stdout and "Wiener window " in result.stdout
     assert nib.load(out).shape == (16, 16, 2)
 

@@ -131,7 +131,7 @@ def test_provenance_is_recorded(ct_series, tmp_path):
         assert equipment.ContributionDateTime and equipment.ContributionDescription
         assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
         block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
-        assert block[0x02].value == "PER_SLICE" and block[0x03].value == 3 and block[0x06].value == 8
+        assert block[0x02].value == "PER_SERIES" and block[0x03].value == 3 and block[0x06].value == 8
         assert block[0x05].value == "cpu"
         assert block[0x07].value == hashlib.sha256(source.PixelData).hexdigest()
         assert block[0x08].value > 0

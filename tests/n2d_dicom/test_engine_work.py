@@ -22,10 +22,9 @@ def ran(slices: int, settings: N2DSettings = TINY, **kwargs) -> Measured:
     return reports[0]
 
 
-def test_mode_auto_runs_per_slice_below_8_slices_and_per_series_from_8():
+def test_mode_auto_runs_per_series_on_every_stack_and_per_slice_only_when_asked():
     assert TINY.mode == "auto"
-    assert ran(4).mode == "per-slice"
-    assert ran(8).mode == "per-series"
+    assert ran(1).mode == ran(4).mode == ran(8).mode == "per-series"
     assert ran(8, TINY.model_copy(update={"mode": "per-slice"})).mode == "per-slice"
 
 
@@ -73,7 +72,8 @@ def test_a_warm_start_begins_from_the_given_pair_and_says_which():
     assert cold.warm_from is None and cold.trained is not None
     warm = ran(8, start=cold.trained)
     assert warm.warm_from == weights_digest(cold.trained)
-    assert ran(3, start=cold.trained).warm_from is None  # per-slice mode trains its own pairs
+    per_slice = TINY.model_copy(update={"mode": "per-slice"})
+    assert ran(3, per_slice, start=cold.trained).warm_from is None  # per-slice mode trains its own pairs
     wider = TINY.model_copy(update={"channels": 8})
     assert ran(8, wider, start=cold.trained).warm_from is None  # another width: cold
     assert ran(8, start=b"not weights").warm_from is None
