@@ -44,17 +44,20 @@ DERIVATION_FLAGS = {"series_description_suffix": "--description-suffix"}
 
 
 @contextmanager
-def work_bar(total: int | None, enabled: bool) -> Iterator[Callable[[int, str], None]]:
+def work_bar(total: int | None, enabled: bool, plan: str = "") -> Iterator[Callable[[int, str], None]]:
     """A tqdm bar on stderr over the engine's work units (training steps, inference passes, non-local
-    means, the Wiener step: :func:`~n2d_dicom.engine.work_units`), what runs as its description;
-    its rate, and so its ETA, comes from the first units done."""
+    means, the Wiener step: :func:`~n2d_dicom.engine.work_units`), ``plan`` (the mode and steps that
+    will run, known from the start) and what runs as its description; its rate, and so its ETA,
+    comes from the first units done."""
+    prefix = f"{plan}: " if plan else ""
     with tqdm(total=total, unit="unit", disable=not enabled, file=sys.stderr, dynamic_ncols=True) as bar:
         shown = [""]
+        bar.set_description_str(plan, refresh=False)
 
         def advance(units: int, phase: str) -> None:
             if phase != shown[0]:
                 shown[0] = phase
-                bar.set_description_str(phase, refresh=False)
+                bar.set_description_str(prefix + phase, refresh=False)
             bar.update(units)
 
         yield advance
@@ -140,7 +143,7 @@ def denoise_file(
     work = volume_work(image.shape, chosen_axis, settings) if total is not None else None
     started = time.perf_counter()
     measured: list[Measured] = []
-    with work_bar(work, progress) as advance:
+    with work_bar(work, progress, run_plan(settings, total)) as advance:
         front_end = guarded(
             lambda: denoise_nifti(
                 source, output, settings, torch_device, axis, progress=advance, report=measured.append
@@ -155,6 +158,14 @@ def denoise_file(
     if preview is not None:
         window = guarded(lambda: nifti_preview(source, output, chosen_axis, preview))
         typer.echo(f"{preview}: input, output and residual (input - output) of the middle slice, {window}")
+
+
+def run_plan(settings: N2DSettings, slices: int | None) -> str:
+    """The mode and steps a stack of ``slices`` slices will run with, e.g. ``per-series, 2000 steps``."""
+    if slices is None:
+        return ""
+    decided = settings.for_stack(slices)
+    return f"{decided.mode}, {decided.steps} steps"
 
 
 def run_identity(settings: N2DSettings, derivation: DerivationSettings) -> str:
@@ -242,7 +253,7 @@ def denoise_dicom(
                 err=True,
             )
             continue
-        with work_bar(series_work(item, settings), progress) as advance:
+        with work_bar(series_work(item, settings), progress, run_plan(settings, len(item.frames))) as advance:
             try:
                 derived = denoise_series(
                     item, settings, derivation, torch_device, progress=advance, identity=identity
