@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from n2d_dicom.noise import NORMAL_MAD, box_mean
+from n2d_dicom.noise import NORMAL_MAD, box_mean, haar_blocks
 from n2d_dicom.settings import Rician
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,13 @@ RATIO_TOLERANCE = 0.06
 #: The darkest boxes, this share of all, must be background for ``auto`` to call the data magnitude
 #: and for the background to give sigma: most of them must pass the ratio test.
 DARKEST = 0.03
-#: The mean is tabulated for signals up to this many sigma; above, the asymptote is exact to 1e-4.
-TABLE_TOP = 40.0
+#: The mean is tabulated for signals up to this many sigma (above, the asymptote is exact to 1e-4),
+#: at this many points.
+TABLE_TOP, TABLE_POINTS = 40.0, 8001
 #: The tissue's sigma is measured on the brightest blocks, above this quantile of them.
 BRIGHT_QUANTILE = 0.9
 #: A background's sigma and the brightest tissue's must agree within this share.
 AGREEMENT = 0.25
-TABLE_POINTS = 8001
 
 
 @dataclass(frozen=True)
@@ -129,12 +129,9 @@ def bright_sigma(slices: Tensor) -> float:
     """Sigma per channel where the signal is highest: the white-noise estimate
     (:func:`~n2d_dicom.noise.noise_sigma`'s diagonal Haar details) over the 2x2 blocks brighter than
     :data:`BRIGHT_QUANTILE` of them, where a magnitude's noise is Gaussian of that sigma."""
-    h, w = slices.shape[-2] // 2 * 2, slices.shape[-1] // 2 * 2
-    x = slices[..., :h, :w].double()
-    a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
-    mean, detail = (a + b + c + d) / 4, ((a - b - c + d) / 2).abs()
+    mean, detail = haar_blocks(slices)
     bright = mean >= torch.quantile(mean.flatten().float(), BRIGHT_QUANTILE).double()
-    return float(detail[bright].median()) / NORMAL_MAD
+    return float(detail[bright].abs().median()) / NORMAL_MAD
 
 
 def magnitude_noise(slices: Tensor, choice: Rician, coils: int) -> MagnitudeNoise | None:
@@ -145,8 +142,10 @@ def magnitude_noise(slices: Tensor, choice: Rician, coils: int) -> MagnitudeNois
     signal into sigma."""
     if choice == "off" or float(slices.min()) < 0:
         return None
-    tissue = bright_sigma(slices)
     background = background_sigma(slices, coils)
+    if background is None and choice == "auto":
+        return None
+    tissue = bright_sigma(slices)
     if background is not None and abs(background / max(tissue, 1e-12) - 1) <= AGREEMENT:
         return MagnitudeNoise(background, coils, True)
     if choice == "auto":

@@ -56,6 +56,15 @@ UNCLIPPED = (0.02, 0.98)
 NORMAL_MAD = 0.6745
 
 
+def haar_blocks(image: Tensor) -> tuple[Tensor, Tensor]:
+    """The 2x2 blocks of ``(..., H, W)`` (odd last row or column left out), in float64: each block's
+    mean ``(a + b + c + d) / 4`` and its finest diagonal Haar detail ``(a - b - c + d) / 2``."""
+    h, w = image.shape[-2] // 2 * 2, image.shape[-1] // 2 * 2
+    x = image[..., :h, :w].double()
+    a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    return (a + b + c + d) / 4, (a - b - c + d) / 2
+
+
 def noise_sigma(image: Tensor) -> Tensor:
     """The sigma of white noise in the 2-D ``image``, from its finest diagonal Haar detail (Donoho).
 
@@ -66,9 +75,7 @@ def noise_sigma(image: Tensor) -> Tensor:
     are left out, as there: they come from constant blocks (clipped values, zero counts), whose
     noise is not the image's; counted, the zero background of a Poisson phantom measured 0.
     """
-    h, w = image.shape[-2] // 2 * 2, image.shape[-1] // 2 * 2
-    x = image[..., :h, :w].double()
-    detail = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
+    _, detail = haar_blocks(image)
     detail = detail[detail != 0].abs()
     if detail.numel() == 0:
         return torch.zeros((), dtype=torch.float32)
@@ -141,10 +148,8 @@ def scale_ratio(slices: Tensor) -> float:
     slices): 1 for white noise, more where the noise is correlated beyond neighbouring pixels."""
     ratios = []
     for image in slices:
-        h, w = image.shape[-2] // 2 * 2, image.shape[-1] // 2 * 2
-        x = image[:h, :w].double()
-        blocks = (x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]) / 4
-        fine = float(noise_sigma(x))
+        blocks, _ = haar_blocks(image)
+        fine = float(noise_sigma(image))
         if fine > 0:
             ratios.append(2 * float(noise_sigma(blocks)) / fine)
     return float(torch.tensor(ratios).median()) if ratios else 1.0
