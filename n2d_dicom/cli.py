@@ -243,8 +243,8 @@ def denoise_dicom(
     if not wanted:
         fail(f"{source}: no grayscale DICOM series to denoise")
     failures = sum(not skipped.forwardable for skipped in rejected) + len(missing)
+    identity = run_identity(settings, derivation)
     for item in wanted:
-        identity = run_identity(settings, derivation)
         existing = output / new_uid(derivation, f"{item.series_uid}/{identity}")
         if not overwrite and any(existing.glob("*.dcm")):
             typer.echo(

@@ -174,6 +174,16 @@ class Images:
     edge: Edge | None = None
     """A circular insert whose edge gives the task transfer function, where the case has one."""
 
+    @cached_property
+    def uniform(self) -> np.ndarray:
+        """Where noise and bias are measured (:func:`~n2d_dicom.tools.measures.uniform_mask`)."""
+        return measures.uniform_mask(self.clean, self.noisy)
+
+    @cached_property
+    def reference_ttf(self) -> tuple[float, float] | None:
+        """The noiseless reference's TTF of the insert edge, against which every row's is read."""
+        return None if self.edge is None else measures.edge_ttf(self.clean, self.edge)
+
 
 @dataclass(frozen=True)
 class Case:
@@ -420,9 +430,7 @@ def bm3d_known_noise(spectrum: np.ndarray) -> Denoiser:
     def run(noisy: np.ndarray, device: torch.device) -> np.ndarray:
         import bm3d
 
-        # bm4d 4.2.5, which bm3d runs on, still calls numpy.trapz (gone in NumPy 2.4) on a spectrum.
-        trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009
-        with mock.patch.object(np, "trapz", trapezoid, create=True):
+        with numpy_trapz():  # bm3d runs on bm4d
             return np.stack([bm3d.bm3d(s, sigma_psd=spectrum) for s in noisy])
 
     return run
@@ -435,10 +443,17 @@ def bm4d_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
     from skimage.restoration import estimate_sigma
 
     sigma = float(np.median([estimate_sigma(s) for s in noisy]))
-    # bm4d 4.2.5 still calls numpy.trapz (gone in NumPy 2.4).
+    with numpy_trapz():
+        return np.asarray(bm4d.bm4d(noisy, sigma_psd=sigma), dtype=np.float64)
+
+
+@contextmanager
+def numpy_trapz() -> Iterator[None]:
+    """``numpy.trapz`` meanwhile, which bm4d 4.2.5 (and bm3d, which runs on it) still calls on a
+    noise spectrum, and NumPy 2.4 removed (``numpy.trapezoid`` under its old name)."""
     trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009
     with mock.patch.object(np, "trapz", trapezoid, create=True):
-        return np.asarray(bm4d.bm4d(noisy, sigma_psd=sigma), dtype=np.float64)
+        yield
 
 
 def dipy_rician_method(noisy: np.ndarray, device: torch.device) -> np.ndarray:
@@ -570,13 +585,12 @@ def peak_memory(device: torch.device) -> Iterator[list[float]]:
 def physics(images: Images, estimate: np.ndarray) -> Physics:
     """The physics measures of ``estimate`` against the case's reference (the noisy image itself
     for the noisy row)."""
-    clean, noisy = images.clean, images.noisy
-    uniform = measures.uniform_mask(clean, noisy)
+    clean, noisy, uniform, reference = images.clean, images.noisy, images.uniform, images.reference_ttf
     flat = int(uniform.sum()) >= MIN_UNIFORM_PIXELS
     ttf = None
-    if images.edge is not None:
-        reference, found = measures.edge_ttf(clean, images.edge), measures.edge_ttf(estimate, images.edge)
-        ttf = None if reference is None or found is None else 100 * found[0] / reference[0]
+    if images.edge is not None and reference is not None:
+        found = measures.edge_ttf(estimate, images.edge)
+        ttf = None if found is None else 100 * found[0] / reference[0]
     return Physics(
         noise_reduction=measures.noise_reduction(clean, noisy, estimate, uniform) if flat else None,
         bias=measures.bias(clean, estimate, uniform) * images.per_unit if flat else None,
