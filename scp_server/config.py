@@ -234,6 +234,16 @@ class NodeSettings(BaseSettings):
         60, gt=0, le=86400, description="How often the node retries undelivered files (an outbox round)."
     )
     http_port: int = Field(8080, ge=0, le=65535, description="/healthz and /metrics on bind_address; 0: off.")
+    http_max_connections: int = Field(
+        32,
+        ge=1,
+        le=1000,
+        description="HTTP connections served at once; more are closed as soon as they are accepted, so "
+        "the HTTP port cannot take what DICOM reception needs.",
+    )
+    http_timeout_s: float = Field(
+        10, gt=0, le=600, description="An HTTP connection is closed this long after it was accepted."
+    )
     dashboard: bool = Field(
         True,
         description="Serve the dashboard page (GET / on http_port) and keep each run's thumbnails (images of "

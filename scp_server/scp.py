@@ -35,7 +35,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -44,6 +44,7 @@ from n2d_dicom.sop_classes import DENOISABLE_SOP_CLASSES
 from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings
 from scp_server.leases import process_owner
+from scp_server.pynetdicom_internals import judge_uids_ourselves
 from scp_server.spool import InvalidIdentifiers, Outcome, Spool, instance_of
 from scp_server.transport import NodeServer, serve
 
@@ -163,19 +164,6 @@ def _log_association(event: Event) -> None:
         peer.port,
         event.assoc.acceptor.ae_title,
     )
-
-
-def judge_uids_ourselves() -> None:
-    """Let pynetdicom pass UIDs of any syntax up to the C-STORE handler, which judges them.
-
-    pynetdicom aborts an association whose C-STORE request carries a UID it
-    finds invalid (over 64 characters, say), so the sender hears nothing and
-    retries forever; the handler instead answers 0xC211 and quarantines the
-    instance (:func:`scp_server.spool.instance_of` applies :mod:`n2d_dicom.uids`).
-    pynetdicom offers this only as process-wide configuration, so the node sets
-    it once when it starts listening.
-    """
-    _config.VALIDATORS["UI"] = lambda value: (True, "")
 
 
 def build_ae(settings: NodeSettings) -> AE:

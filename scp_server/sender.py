@@ -28,6 +28,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from scp_server.ae_title import AETitle
+from scp_server.pynetdicom_internals import poll_for_readiness
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ def send_files(
     caller can record it durably before the next one is sent, and each failed
     attempt (no association, rejected, TLS set-up) for every instance it left unsent.
     """
+    poll_for_readiness()
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     headers = _requested_contexts(ae, paths)

@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import logging
 import queue
+import resource
 import signal
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
 
 import torch
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from n2d_dicom.devices import resolve_device
 from scp_server.config import NodeSettings
 from scp_server.dashboard import Dashboard
 from scp_server.delivery import deliver
 from scp_server.health import Backoff, Health
+from scp_server.http import BoundedHTTPServer, endpoints
 from scp_server.metrics import NodeMetrics
 from scp_server.operations import NodeStatus, apply_retention, node_status
 from scp_server.scp import start_scp
@@ -48,18 +47,6 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.5
 #: How often spool data past its retention is looked for, in seconds.
 RETENTION_SWEEP_S = 300.0
-
-
-class HTTPServer(ThreadingHTTPServer):
-    """The standard threading HTTP server, whose failures (a client gone mid-answer) go to the log.
-
-    socketserver prints a traceback to stderr itself, around the log's one-line format.
-    """
-
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: Any) -> None:
-        log.warning("http: answering %s failed: %s", client_address[0], sys.exc_info()[1])
 
 
 class Node:
@@ -95,9 +82,27 @@ class Node:
         self._spawn(self._poll, "series-poller")
         self._spawn(self._deliver, "outbox")
         if self.settings.http_port:
-            http = HTTPServer((self.settings.bind_address, self.settings.http_port), self._http_handler())
+            http = BoundedHTTPServer(
+                (self.settings.bind_address, self.settings.http_port),
+                self._http_endpoints(),
+                self.settings.http_max_connections,
+            )
             self._servers.append(http)
             self._spawn(http.serve_forever, "http")
+
+    def _http_endpoints(self) -> type[BaseHTTPRequestHandler]:
+        dashboard = (
+            Dashboard(self.settings, self.stores, self.status, self.health.problems)
+            if self.settings.dashboard
+            else None
+        )
+        return endpoints(
+            self.metrics.registry,
+            lambda: self.status().model_dump_json(indent=2),
+            self.health.problems,
+            dashboard,
+            self.settings.http_timeout_s,
+        )
 
     def stop(self) -> None:
         """Stop accepting, close associations, stop the loops; the files and indexes stay consistent."""
@@ -118,8 +123,14 @@ class Node:
         self.metrics.instances_received.inc()
 
     def _association_ended(self, association: str, aborted: bool) -> None:
-        """Every association that ends, however it ends; the poller records it (and retries if it must)."""
-        self._ended.put((association, aborted))
+        """Every association that ends, recorded at once (a release before it is answered, see
+        :mod:`scp_server.transport`); one the tracker cannot record now is left to the poller."""
+        tracker = self.stores.tracker
+        try:
+            (tracker.association_aborted if aborted else tracker.association_released)(association)
+        except Exception as exc:
+            log.warning("association end not recorded yet (%s); the series poller retries", exc)
+            self._ended.put((association, aborted))
 
     def _poll(self) -> None:
         """Queue complete series and abandoned runs as they appear; apply retention. Never dies."""
@@ -212,44 +223,6 @@ class Node:
             self.jobs.process_series(due.series_instance_uid, due.run)
         return lost
 
-    def _http_handler(self) -> type[BaseHTTPRequestHandler]:
-        metrics, status, health = self.metrics, self.status, self.health
-        dashboard = (
-            Dashboard(self.settings, self.stores, self.status, self.health.problems)
-            if self.settings.dashboard
-            else None
-        )
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the http.server API)
-                code, headers = 200, {}
-                if self.path == "/healthz":
-                    problems = health.problems()
-                    code = 503 if problems else 200
-                    body, content_type = ("\n".join(problems or ["ok"]) + "\n").encode(), "text/plain"
-                elif self.path == "/metrics":
-                    body, content_type = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
-                elif self.path == "/status":
-                    body, content_type = status().model_dump_json(indent=2).encode(), "application/json"
-                elif dashboard is not None and (answer := dashboard.answer(self.path)) is not None:
-                    code, headers = answer.code, answer.headers
-                    body, content_type = answer.body, answer.content_type
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                log.debug("http: " + format, *args)
-
-        return Handler
-
 
 def run_workers(settings: NodeSettings, stores: Stores, jobs: Jobs, count: int) -> None:
     """Run ``count`` worker threads on the queue, on the configured device and threads, until a signal.
@@ -270,6 +243,7 @@ def serve(settings: NodeSettings) -> None:
     With workers, huey handles the signals (SIGINT lets the jobs in hand finish);
     with none, the node only receives, and ``n2d worker`` processes do the jobs.
     """
+    raise_open_file_limit()
     node = Node(settings)
     node.start()
     try:
@@ -299,3 +273,17 @@ def wait_for_signal() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (at most 65536); the new soft limit.
+
+    Every association, HTTP client, spool file and SQLite handle takes a
+    descriptor; distributions start services at a soft limit of 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        return wanted
+    return soft

@@ -17,7 +17,10 @@ failure of its own reactor skips. :class:`NodeServer` changes that:
   A-ASSOCIATE-RJ, local limit exceeded) and become a pynetdicom association,
   whose slot is held until its threads have ended;
 - ``on_closed(assoc, how)`` hears of every accepted association exactly once,
-  after its threads (and so its event handlers) have finished, however it ended;
+  however it ended: a release when every request before it was answered and
+  before the release is (a peer ignoring the asynchronous operations window
+  loses nothing), anything else after its threads (and so its event handlers)
+  have finished;
 - a DIMSE command set pynetdicom cannot decode aborts the association (logged)
   instead of killing its reactor thread (see :class:`_GuardedDIMSE`);
 - an established association whose peer stalls inside a PDU is dropped after
@@ -45,6 +48,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from scp_server.config import NodeSettings
+from scp_server.pynetdicom_internals import poll_for_readiness
 
 if TYPE_CHECKING:  # pragma: no cover
     from pynetdicom import AE
@@ -198,6 +202,7 @@ class _Ending:
     def __init__(self) -> None:
         self.accepted = False
         self.ended_by_event = False
+        self.reported = False
 
     def on_accepted(self, event: Event) -> None:
         self.accepted = True
@@ -226,7 +231,7 @@ class _Connection(RequestHandler):
             assoc, ending = self._run_association(request)
         finally:
             self.server._free_slot()
-        if ending.accepted:
+        if ending.accepted and not ending.reported:
             self._report(assoc, ending)
 
     def finish(self) -> None:
@@ -355,6 +360,7 @@ class _Connection(RequestHandler):
         assoc.dimse = _GuardedDIMSE(assoc)
         assoc.dimse.max_message_bytes = settings.max_instance_bytes
         ending = _Ending()
+        self._answer_everything_before_release(assoc, ending)
         assoc.bind(evt.EVT_ACCEPTED, ending.on_accepted)
         assoc.bind(evt.EVT_RELEASED, ending.on_ended)
         assoc.bind(evt.EVT_ABORTED, ending.on_ended)
@@ -365,6 +371,31 @@ class _Connection(RequestHandler):
             assoc.dul.join()
         return assoc, ending
 
+    def _answer_everything_before_release(self, assoc: Association, ending: _Ending) -> None:
+        """Hold a peer's release until every request it sent before it is answered, then report it.
+
+        pynetdicom's reactor serves one request, then looks for a release; a peer
+        that ignores the 1/1 asynchronous operations window and releases right after
+        a burst would have the rest of the burst dropped in silence and its
+        association ended as released (the series declared complete without them).
+        A release behind a half-received request is never answered: the network
+        timeout aborts that association. ``on_closed(assoc, "released")`` runs before
+        A-RELEASE-RP goes out, so a crash after the peer's release keeps it a release.
+        """
+        requested = assoc.acse.is_release_requested
+        dimse = cast(_GuardedDIMSE, assoc.dimse)
+
+        def release_once_answered() -> bool:
+            if dimse.message is not None or not dimse.msg_queue.empty():
+                return False
+            if not requested():
+                return False
+            ending.reported = True
+            self._call_on_closed(assoc, "released")
+            return True
+
+        assoc.acse.is_release_requested = release_once_answered  # type: ignore[method-assign]
+
     def _report(self, assoc: Association, ending: _Ending) -> None:
         how = "released" if assoc.is_released else "aborted"
         if not ending.ended_by_event:
@@ -374,6 +405,9 @@ class _Connection(RequestHandler):
                 assoc.requestor.ae_title,
                 _address(self.client_address),
             )
+        self._call_on_closed(assoc, how)
+
+    def _call_on_closed(self, assoc: Association, how: str) -> None:
         on_closed = self.server.on_closed
         if on_closed is None:
             return
@@ -392,6 +426,8 @@ class NodeServer(ThreadedAssociationServer):
     """
 
     daemon_threads = True
+    #: The listen backlog: pynetdicom's 5 makes a burst of modalities wait a second for SYN retries.
+    request_queue_size = 128
 
     def __init__(
         self,
@@ -522,6 +558,7 @@ def serve(
         settings=settings,
         on_closed=on_closed,
     )
+    poll_for_readiness()
     ae._servers.append(server)  # as AE.start_server does; the server's shutdown() removes it
     threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
     return cast(NodeServer, server)

@@ -24,6 +24,7 @@ import yaml
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
+from scp_server.pynetdicom_internals import poll_for_readiness
 from tests.helpers import free_port
 from tests.integration.conftest import N2D, send_series, start_node, stop_node, wait_until, write_config
 from tests.n2d_dicom.conftest import write_ct_series
@@ -246,3 +247,67 @@ def test_the_node_survives_a_full_disk_and_recovers_by_itself_once_space_returns
         assert b"n2d_background_errors_total" in metrics
     finally:
         stop_node(node)
+
+
+def test_a_node_killed_right_after_a_release_still_counts_it_a_release(tmp_path, pacs):
+    """Round 3, finding 4: the release was recorded after it was answered, so a kill within ~2 s made it
+    an abort on restart and the series waited aborted_grace_s."""
+    pacs_port, received = pacs
+    path, config = node_config(tmp_path, pacs_port, aborted_grace_s=3600, quiet_period_s=3)
+    modality_series(tmp_path, 4)
+    node = start_node(path, config["port"])
+    try:
+        send_series(config["port"], tmp_path / "modality")  # storescu: 4 instances, then A-RELEASE
+        node.send_signal(signal.SIGKILL)
+        node.wait()
+        node = start_node(path, config["port"])
+        wait_until(lambda: len(received) == 4, node, timeout=120)
+        assert list(derived_series(received).values()) == [4]
+    finally:
+        stop_node(node)
+
+
+def node_threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def answered_ok(http_port: int) -> bool:
+    try:
+        return healthz(http_port) == 200
+    except OSError:  # closed at once: the cap is still reached
+        return False
+
+
+def test_idle_http_connections_cannot_lock_out_dicom_reception(tmp_path, pacs):
+    """Round 3, finding 1: ~1,100 half-sent HTTP requests took the node past descriptor 1024, where every
+    new association was aborted at once; 3,000 of them made 3,000 threads."""
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1300:
+        pytest.skip(f"the hard limit on open files ({hard}) is too low for the flood")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    poll_for_readiness()  # this test's own association, from a process holding 1,100 sockets too
+    pacs_port, _ = pacs
+    path, config = node_config(tmp_path, pacs_port, http_timeout_s=3, http_max_connections=16)
+    node = start_node(path, config["port"])
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            sock = socket.create_connection(("127.0.0.1", config["http_port"]), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+            flood.append(sock)
+        assert node_threads(node.pid) < 100
+        assoc = open_association(config["port"])
+        assert assoc.send_c_store(modality_series(tmp_path, 1)[0]).Status == 0x0000
+        assoc.release()
+        wait_until(lambda: answered_ok(config["http_port"]), node, timeout=60)  # the stalled ones cut off
+    finally:
+        for sock in flood:
+            sock.close()
+        stop_node(node)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -84,6 +84,12 @@ def raw_store(
 
     ``announced`` is the Affected SOP Instance UID of the request (default: the dataset's).
     """
+    sock.sendall(store_request(dataset, message_id, announced))
+    return read_status(sock)
+
+
+def store_request(dataset: pydicom.Dataset, message_id: int, announced: str | None = None) -> bytes:
+    """The P-DATA-TF PDUs of a C-STORE-RQ for ``dataset`` on presentation context 1, back to back."""
     request = C_STORE()
     request.MessageID = message_id
     request.AffectedSOPClassUID = dataset.SOPClassUID
@@ -94,8 +100,11 @@ def raw_store(
     request.DataSet = BytesIO(encoded)
     message = C_STORE_RQ()
     message.primitive_to_message(request)
-    for primitive in message.encode_msg(1, 16382):
-        sock.sendall(P_DATA_TF(primitive).encode())
+    return b"".join(P_DATA_TF(primitive).encode() for primitive in message.encode_msg(1, 16382))
+
+
+def read_status(sock: socket.socket) -> int:
+    """The Status of the next DIMSE response on ``sock`` (a one-PDU command set)."""
     pdu_type, body = read_pdu(sock)
     assert pdu_type == 0x04, f"expected P-DATA-TF, got PDU type {pdu_type:#04x}"
     command = decode(BytesIO(body[6:]), True, True)  # item length (4), context (1), control header (1)

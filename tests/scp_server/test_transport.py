@@ -40,6 +40,8 @@ from tests.scp_server.raw_dicom import (
     raw_associate,
     raw_store,
     read_pdu,
+    read_status,
+    store_request,
 )
 
 LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), diagnostic
@@ -634,3 +636,74 @@ def test_a_flood_of_rejected_associations_is_a_line_and_a_count_not_a_line_each(
         assert len(lines) == 2 and lines[1].startswith("5 more associations were rejected"), lines
     finally:
         server.shutdown()
+
+
+# --- peers that ignore the asynchronous operations window, and releases --------------------------
+
+
+def numbered_ct(number: int) -> pydicom.Dataset:
+    dataset = ct()
+    dataset.SOPInstanceUID = f"1.2.826.0.1.3680043.9.7433.3.{number}"
+    dataset.InstanceNumber = number
+    return dataset
+
+
+def test_requests_sent_past_the_one_one_window_before_a_release_are_all_answered_before_it(listening):
+    """A peer sends six C-STOREs back to back and releases at once: six answers, then the release."""
+    settings, recorder, _ = listening
+    sock = raw_associate(settings.port)
+    sock.sendall(b"".join(store_request(numbered_ct(n), n) for n in range(1, 7)))
+    sock.sendall(pdu(0x05, bytes(4)))  # A-RELEASE-RQ
+    statuses = [read_status(sock) for _ in range(6)]
+    assert read_pdu(sock)[0] == 0x06  # A-RELEASE-RP, after the last answer
+    sock.close()
+    assert statuses == [0x0000] * 6
+    ((assoc, how),) = recorder.wait_closed(1)
+    assert how == "released" and recorder.stored_by == [assoc] * 6
+
+
+def test_a_release_is_reported_before_it_is_answered(tmp_path):
+    """What the node records of a release is written before the peer hears A-RELEASE-RP: a crash right
+    after the peer's release cannot turn it into an abort."""
+    settings = node_settings(tmp_path)
+    recorder = Recorder()
+
+    def slow_record(assoc: Association, how: str) -> None:  # a disk taking its time to sync
+        time.sleep(0.3)
+        recorder.on_closed(assoc, how)
+
+    server = serve(build_ae(settings), settings, [], on_closed=slow_record)
+    try:
+        assoc = establish(settings)
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        assert [how for _, how in recorder.closed] == ["released"]  # no waiting: already reported
+        time.sleep(0.5)
+        assert [how for _, how in recorder.closed] == ["released"]  # and only once
+    finally:
+        server.shutdown()
+
+
+def test_associations_are_served_when_the_process_has_descriptors_above_1024(listening):
+    """select() cannot watch a descriptor above 1023: with many open (HTTP connections, say), the
+    node's and the peer's sockets get such numbers, and reception must go on."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on open files ({hard}) is too low to open 1100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    held = [open("/dev/null", "rb") for _ in range(1100)]  # noqa: SIM115 (closed below)
+    try:
+        settings, recorder, _ = listening
+        assoc = establish(settings)
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.send_c_store(ct()).Status == 0x0000
+        assoc.release()
+        ((_, how),) = recorder.wait_closed(1)
+        assert how == "released"
+    finally:
+        for handle in held:
+            handle.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
