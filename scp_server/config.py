@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydicom.dataset import Dataset
 
@@ -66,6 +66,17 @@ class RouteMatch(BaseModel):
     sop_class_uids: list[str] = Field(default_factory=list, description="SOP Class UIDs.")
     series_description_regex: str | None = Field(None, description="Searched in Series Description.")
     calling_aets: list[AETitle] = Field(default_factory=list, description="AE titles that sent the series.")
+
+    @field_validator("series_description_regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        """A pattern that does not compile is a configuration error at start, not a failure per series."""
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression ({exc})") from exc
+        return pattern
 
     def matches(self, header: Dataset, calling_aet: str) -> bool:
         """Whether a series whose first instance is ``header``, sent by ``calling_aet``, is taken."""
@@ -275,9 +286,11 @@ def load_settings(path: Path | None = None) -> NodeSettings:
     values: dict[str, object] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read configuration ({exc})") from exc
+            raise ConfigError(f"{path}: cannot read configuration ({' '.join(str(exc).split())})") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         values = loaded

@@ -23,7 +23,9 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
+from typing import TypeVar
 
 import torch
 
@@ -42,6 +44,8 @@ from scp_server.tasks import Jobs, SeriesProcessor, make_queue, plan_run
 from scp_server.tracker import DueSeries
 
 log = logging.getLogger(__name__)
+
+Listener = TypeVar("Listener")
 
 #: How often complete series and abandoned jobs are looked for, in seconds.
 POLL_INTERVAL_S = 0.5
@@ -77,15 +81,24 @@ class Node:
         for due in self.stores.tracker.queued():  # a copy still in the queue is skipped by the worker
             log.info("series %s run %d: queued again after restart", due.series_instance_uid, due.run)
             self.jobs.process_series(due.series_instance_uid, due.run)
-        scp = start_scp(self.settings, self.stores.spool, self._stored, self._association_ended)
+        settings = self.settings
+        scp = listening(
+            "DICOM",
+            settings.port,
+            lambda: start_scp(settings, self.stores.spool, self._stored, self._association_ended),
+        )
         self._servers.append(scp)
         self._spawn(self._poll, "series-poller")
         self._spawn(self._deliver, "outbox")
-        if self.settings.http_port:
-            http = BoundedHTTPServer(
-                (self.settings.bind_address, self.settings.http_port),
-                self._http_endpoints(),
-                self.settings.http_max_connections,
+        if settings.http_port:
+            http = listening(
+                "HTTP",
+                settings.http_port,
+                lambda: BoundedHTTPServer(
+                    (settings.bind_address, settings.http_port),
+                    self._http_endpoints(),
+                    settings.http_max_connections,
+                ),
             )
             self._servers.append(http)
             self._spawn(http.serve_forever, "http")
@@ -222,6 +235,14 @@ class Node:
             )
             self.jobs.process_series(due.series_instance_uid, due.run)
         return lost
+
+
+def listening(what: str, port: int, start: Callable[[], Listener]) -> Listener:
+    """``start()``, whose failure to bind (port in use, say) says which port it was, in one line."""
+    try:
+        return start()
+    except OSError as exc:
+        raise OSError(f"cannot listen for {what} on port {port}: {exc.strerror or exc}") from exc
 
 
 def run_workers(settings: NodeSettings, stores: Stores, jobs: Jobs, count: int) -> None:

@@ -31,7 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from n2d_dicom.atomic import TEMPORARY_SUFFIX, atomic_path
 from n2d_dicom.uids import printable, uid_problem
@@ -69,6 +72,47 @@ PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 class InvalidIdentifiers(ValueError):
     """An instance whose identifiers are missing or not valid UIDs; the message names which and why."""
+
+
+class UnwritableElement(ValueError):
+    """An instance with an element no DICOM object can carry again; the message names it and why."""
+
+
+#: VRs whose value length is a 2-byte field in explicit VR encodings (PS3.5 7.1.2): at most 0xFFFF bytes.
+SHORT_LENGTH_VRS = frozenset("AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split())
+
+
+def unwritable_element(dataset: pydicom.Dataset) -> str | None:
+    """The first element (sequences included) too long for the VR its tag has, or None.
+
+    Such an element arrives as UN, or in an implicit VR encoding, where lengths
+    are 4 bytes: a 5 MB Series Description, say. Every object derived from it
+    (written in an explicit VR encoding) would fail, so it is refused on arrival.
+    """
+    for element in dataset.iterall():
+        vr = dictionary_vr_of(element.tag) if element.VR == "UN" else element.VR
+        length = _value_length(element.value)
+        if vr in SHORT_LENGTH_VRS and length > 0xFFFF:
+            name = element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})"
+            return f"{name} of {length} bytes, longer than its VR {vr} allows (65535)"
+    return None
+
+
+def _value_length(value: object) -> int:
+    """Bytes of a value as encoded: text or bytes, or text values joined by backslashes (0 for others)."""
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, MultiValue) and all(isinstance(item, str) for item in value):
+        return sum(len(item) for item in value) + len(value) - 1
+    return 0
+
+
+def dictionary_vr_of(tag: BaseTag) -> str:
+    """The tag's VR in the data dictionary ("UN" for private and unknown tags)."""
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
 
 
 class Outcome(enum.Enum):

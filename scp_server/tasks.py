@@ -149,9 +149,9 @@ class SeriesProcessor:
             return f"no usable image: {exc}", False
         except Exception as exc:  # the run is recorded as failed, with why, for `n2d retry`
             if is_transient(exc):
-                return f"not finished, will be retried ({type(exc).__name__}: {exc})", True
+                return f"not finished, will be retried ({error_line(exc)})", True
             log.exception("series %s run %d failed", series_uid, run)
-            return f"{type(exc).__name__}: {exc}", False
+            return error_line(exc), False
         return None, False
 
     def _put_back(self, series_uid: str, run: int, owner: str) -> bool:
@@ -303,6 +303,13 @@ def is_transient(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, for the run's error field: some libraries put a whole traceback
+    in their message (pydicom's write errors do); the log keeps the traceback."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return printable(f"{type(exc).__name__}: {first}", 300)
 
 
 def derivation_for_run(derivation: DerivationSettings, run: int) -> DerivationSettings:

@@ -122,3 +122,26 @@ def test_a_series_no_route_takes_is_forwarded_unchanged_where_configured(tmp_pat
     for ds in received:
         source = sources[str(ds.SOPInstanceUID)]
         assert ds.SeriesInstanceUID == source.SeriesInstanceUID and ds.PixelData == source.PixelData
+
+
+@pytest.mark.parametrize("taken", ["port", "http_port"])
+def test_a_port_in_use_is_one_line_naming_it_and_exit_1(tmp_path, taken):
+    """Round 3, finding 6: "Address already in use" did not say which port."""
+    import socket
+    import subprocess
+
+    from tests.helpers import N2D
+
+    path, config = write_config(tmp_path, 104)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", config[taken]))
+        holder.listen()
+        run = subprocess.run(
+            [str(N2D), "serve", "--config", str(path)], capture_output=True, text=True, timeout=120
+        )
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"n2d: error: cannot listen for {'DICOM' if taken == 'port' else 'HTTP'} on port "
+        f"{config[taken]}: Address already in use"
+    ], run.stderr

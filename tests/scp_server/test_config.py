@@ -25,6 +25,11 @@ def test_yaml_file_then_environment_override(tmp_path, monkeypatch):
         ("ae_title: WAY_TOO_LONG_AE_TITLE\n", "ae_title"),
         ("unknown_key: 1\n", "unknown_key"),
         ("- just\n- a list\n", "mapping"),
+        (  # round 3, finding 6: accepted, and the node started
+            "routes: [{name: x, match: {series_description_regex: '(unclosed'}, "
+            "destinations: [{ae_title: P, host: h, port: 104}]}]\n",
+            "series_description_regex.*not a regular expression",
+        ),
     ],
 )
 def test_bad_configuration_names_the_file_and_the_problem(tmp_path, text, message):
@@ -33,6 +38,15 @@ def test_bad_configuration_names_the_file_and_the_problem(tmp_path, text, messag
     with pytest.raises(ConfigError, match=message) as info:
         load_settings(path)
     assert str(path) in str(info.value)
+
+
+def test_a_configuration_file_that_is_not_utf8_is_one_line(tmp_path):
+    """Round 3, finding 6: a Latin-1 config file gave a 47-line traceback."""
+    path = tmp_path / "node.yaml"
+    path.write_bytes("ae_title: N2D\n# Radiologie Universit\u00e4t\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8") as info:
+        load_settings(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"

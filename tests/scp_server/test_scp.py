@@ -380,3 +380,21 @@ def test_a_dataset_that_is_not_the_instance_the_request_announced_is_refused(nod
     assert not spool.contains(source.SOPInstanceUID)
     ((_, reason),) = spool.quarantined()
     assert "differs from the request's Affected SOP Instance UID 1.2.3.4.5" in reason
+
+
+@pytest.mark.parametrize("keyword", ["SeriesDescription", "PatientName"])
+def test_a_text_element_too_long_for_its_vr_sent_as_un_is_refused_at_reception(node, keyword, tmp_path):
+    """Round 3, finding 5: a 5 MB Series Description sent with VR UN was stored with 0x0000, and then
+    its run failed with a traceback in the error field (the derived object cannot carry it)."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import DataElement
+
+    settings, spool = node
+    dataset = pydicom.dcmread(data_file("CT_small.dcm"))
+    tag = tag_for_keyword(keyword)
+    dataset.pop(tag, None)
+    dataset.add(DataElement(tag, "UN", b"A" * (1024 * 1024 + 1)))
+    assert store(settings, dataset) == [0xA900]
+    assert not spool.contains(dataset.SOPInstanceUID)
+    ((path, reason),) = spool.quarantined()
+    assert keyword in reason and "1048577 bytes" in reason and path.is_file()
