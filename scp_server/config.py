@@ -228,8 +228,8 @@ class NodeSettings(BaseSettings):
         5,
         ge=1,
         le=100,
-        description="Associations tried per destination in each outbox round; a job itself tries once "
-        "and leaves the rest to the outbox, so that a destination that is down never holds up denoising.",
+        description="Associations (or STOW-RS requests) tried per destination in each outbox round; "
+        "sending runs on the node's own threads, one per destination, never on a denoising worker.",
     )
     send_backoff_s: float = Field(
         2, ge=0, le=600, description="First wait between an outbox round's attempts; doubles each time."
@@ -238,8 +238,15 @@ class NodeSettings(BaseSettings):
         30,
         gt=0,
         le=600,
-        description="Seconds a destination may take to accept an association or answer a C-STORE; a job's "
-        "one delivery attempt to a destination that accepts and never answers costs about this long.",
+        description="Seconds a destination may take to accept an association, answer a C-STORE or send "
+        "the next bytes of an answer.",
+    )
+    send_deadline_s: float = Field(
+        300,
+        gt=0,
+        le=86400,
+        description="Seconds a whole STOW-RS request may take (a destination trickling its answer is cut "
+        "off); /healthz reports a destination that has not answered for longer than this.",
     )
     outbox_retry_s: float = Field(
         60, gt=0, le=86400, description="How often the node retries undelivered files (an outbox round)."

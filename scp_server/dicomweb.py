@@ -7,14 +7,16 @@ number per request, to ``{url}/studies`` as ``multipart/related;
 type="application/dicom"``. Each instance ends in the states C-STORE uses
 (see :mod:`scp_server.sender`):
 
-- delivered: listed in the answer's Referenced SOP Sequence, or not listed at all
-  in a 200 whose body is a STOW-RS answer (DICOM JSON);
+- delivered: listed in the answer's Referenced SOP Sequence;
 - refused: listed in the Failed SOP Sequence with a failure reason other than
   "out of resources" (0xA7xx), or the request answered with a 4xx (a wrong URL,
   bad credentials) or a redirect (not followed): the destination has said no,
   so it is not retried;
-- undelivered: no connection, a timeout, a TLS failure, 408, 429, a 5xx, or a
-  2xx that does not say the instance was stored; the outbox tries again later.
+- undelivered: no connection, a timeout (of a wait, or of the whole request), a
+  TLS failure, 408, 429, a 5xx; the outbox tries again later. A 2xx that does not
+  list the instance as stored (an empty ``{}``, a proxy's page) is tried again
+  within the send's attempts and then refused with that reason, never taken as
+  delivered (retention would delete the files).
 
 Credentials are read from an environment variable or a file when a request is
 made, never from the YAML: the configuration, the run plans and the outbox rows
@@ -25,11 +27,13 @@ destination's key (its URL) never holds one.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -54,6 +58,10 @@ log = logging.getLogger(__name__)
 
 #: HTTP answers that say "not now" rather than "no": the request is tried again later.
 TRANSIENT_HTTP = frozenset({408, 429})
+#: Ends the error of an instance a 2xx answer did not list as stored: tried again, then refused.
+NOT_LISTED = "the answer does not list the instance as stored"
+#: Longest STOW-RS answer read: it lists instances, a few hundred bytes each.
+MAX_ANSWER_BYTES = 16 << 20
 
 
 class SecretSource(BaseModel):
@@ -211,12 +219,16 @@ def stow_files(
     timeout_s: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
     on_result: Callable[[SendResult], None] | None = None,
+    deadline_s: float = 300.0,
 ) -> list[SendResult]:
     """Post ``paths`` with STOW-RS; retry what was not answered, with exponential backoff.
 
     The contract of :func:`scp_server.sender.send_files`: ``on_result`` hears each
     instance's outcome as it comes, and each failed attempt for every instance it
-    left unsent. ``timeout_s`` applies where the destination sets none.
+    left unsent. ``timeout_s`` bounds each wait where the destination sets none;
+    ``deadline_s`` each request as a whole (a destination trickling its answer).
+    An instance a 2xx answer does not list as stored, after the last attempt, is
+    refused with that reason: only an explicit answer makes it delivered.
     """
     target = destination.dicomweb
     uids = {path: _sop_instance_uid(path) for path in paths}
@@ -239,7 +251,8 @@ def stow_files(
         for attempt in range(attempts):
             if attempt:
                 sleep(backoff_s * 2 ** (attempt - 1))
-            pending = _attempt(session, target, pending, uids, target.timeout_s or timeout_s, note)
+            limits = (target.timeout_s or timeout_s, deadline_s)
+            pending = _attempt(session, target, pending, uids, limits, note)
             if not pending:
                 break
             log.warning(
@@ -250,6 +263,10 @@ def stow_files(
                 attempts,
                 results[pending[0]].error,
             )
+    for path in pending:
+        last = results[path]
+        if last.error is not None and last.error.endswith(NOT_LISTED):
+            note(replace(last, error=f"{last.error} ({attempts} attempts)", refused_outright=True))
     return log_outcome(destination.key, paths, results)
 
 
@@ -258,7 +275,7 @@ def _attempt(
     target: DicomWebTarget,
     paths: list[Path],
     uids: dict[Path, str],
-    timeout_s: float,
+    limits: tuple[float, float],
     note: Callable[[SendResult], None],
 ) -> list[Path]:
     """Post ``paths`` in chunks; returns those to try again. A chunk failing as a whole ends the attempt."""
@@ -266,7 +283,7 @@ def _attempt(
     for start in range(0, len(paths), target.instances_per_request):
         chunk = paths[start : start + target.instances_per_request]
         try:
-            answers = _post(session, target, chunk, uids, timeout_s)
+            answers = _post(session, target, chunk, uids, limits)
         except _NotNow as exc:
             for path in paths[start:]:
                 note(SendResult(path, uids[path], None, str(exc)))
@@ -283,9 +300,12 @@ def _post(
     target: DicomWebTarget,
     paths: list[Path],
     uids: dict[Path, str],
-    timeout_s: float,
+    limits: tuple[float, float],
 ) -> list[SendResult]:
-    """One STOW-RS request; each instance's outcome, or :class:`_NotNow`."""
+    """One STOW-RS request, answered within ``limits`` (each wait, the whole); each instance's outcome,
+    or :class:`_NotNow`."""
+    timeout_s, deadline_s = limits
+    deadline = time.monotonic() + deadline_s
     parts = [path.read_bytes() for path in paths]
     boundary = _boundary(parts)
     try:
@@ -296,14 +316,32 @@ def _post(
             timeout=timeout_s,
             verify=target.verification(),
             allow_redirects=False,  # a redirected POST comes back as a GET: a login page would "succeed"
+            stream=True,  # the body is read under the deadline below
         )
+        with response:
+            body = _read_body(response, deadline, deadline_s)
     except (requests.RequestException, OSError) as exc:  # OSError: an unreadable ca_file
         raise _NotNow(printable(_why(exc, timeout_s), 300)) from exc
     answer = f"HTTP {response.status_code} {printable(response.reason or '', 60)}".rstrip()
     if response.status_code >= 500 or response.status_code in TRANSIENT_HTTP:
         raise _NotNow(answer)
-    listed = _listed(response)
+    listed = _listed(body)
     return [_outcome(path, uids[path], response.status_code, answer, listed) for path in paths]
+
+
+def _read_body(response: requests.Response, deadline: float, deadline_s: float) -> bytes:
+    """The answer's body, read as it comes until ``deadline`` (a STOW-RS answer is small: at most
+    :data:`MAX_ANSWER_BYTES`)."""
+    body = bytearray()
+    while True:
+        if time.monotonic() > deadline:
+            raise _NotNow(f"no complete answer within {deadline_s:g} s")
+        chunk = response.raw.read1(65536, decode_content=True)
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise _NotNow(f"an answer over {MAX_ANSWER_BYTES} bytes")
 
 
 def _why(exc: Exception, timeout_s: float) -> str:
@@ -337,20 +375,20 @@ def _outcome(
     if uid in stored:
         warning = stored[uid]
         return SendResult(path, uid, warning if warning in DELIVERED else 0x0000)
-    if http_status == 200 and listed is not None:
-        return SendResult(path, uid, 0x0000)
-    if http_status == 200:
-        return SendResult(path, uid, None, f"{answer} without a STOW-RS answer (DICOM JSON) in its body")
+    if http_status == 200 and listed is None:
+        return SendResult(
+            path, uid, None, f"{answer} without a STOW-RS answer (DICOM JSON) in its body: {NOT_LISTED}"
+        )
     if 200 <= http_status < 300:
-        return SendResult(path, uid, None, f"{answer}: instance not in the answer")
+        return SendResult(path, uid, None, f"{answer}: {NOT_LISTED}")
     return SendResult(path, uid, None, answer, refused_outright=True)
 
 
-def _listed(response: requests.Response) -> tuple[dict[str, int | None], dict[str, int | None]] | None:
+def _listed(raw: bytes) -> tuple[dict[str, int | None], dict[str, int | None]] | None:
     """SOP Instance UIDs of the answer's Failed SOP Sequence (with failure reasons) and Referenced
     SOP Sequence (with warning reasons); None when the body is not a DICOM JSON answer."""
     try:
-        body = response.json()
+        body = json.loads(raw)
         if isinstance(body, list) and len(body) == 1:
             body = body[0]
         if not isinstance(body, dict):

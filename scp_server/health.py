@@ -37,6 +37,8 @@ class Health:
         self.spool_dir = spool_dir
         self._failing: dict[str, str] = {}
         self._lock = threading.Lock()
+        #: More problems to report, each a callable (a sending thread that no destination answers, say).
+        self.checks: list[Callable[[], list[str]]] = []
 
     def guarded(self, loop: str, step: Callable[[], object]) -> bool:
         """Run one step of ``loop``; on an exception log it, count it, note the loop as failing.
@@ -68,6 +70,8 @@ class Health:
         """What is wrong now, in an operator's words; empty when the node is healthy."""
         with self._lock:
             problems = [f"{loop} failing: {reason}" for loop, reason in sorted(self._failing.items())]
+        for check in self.checks:
+            problems.extend(check())
         unwritable = spool_write_problem(self.spool_dir)
         if unwritable is not None:
             problems.insert(0, f"spool not writable: {unwritable}")

@@ -148,7 +148,7 @@ def spread(values: list[float]) -> Spread | None:
 def retry(stores: Stores, jobs: Jobs, series_instance_uid: str | None = None) -> tuple[int, int]:
     """Queue failed runs again and make refused deliveries pending; returns ``(runs, deliveries)``.
 
-    The node's next outbox round (within ``outbox_retry_s``) sends the deliveries.
+    The node's sending threads pick the rows up within a poll (they are pending and never tried).
     """
     runs = stores.tracker.retry_failed(series_instance_uid)
     for due in runs:

@@ -1,14 +1,13 @@
 """Derived instances waiting to be delivered, per destination, in SQLite: survives restarts.
 
-A job adds its derived files, then delivers what is pending. Rows are keyed by
-SOP Instance UID and destination and added with INSERT OR IGNORE, so a job run
-again after a crash (which writes the same UIDs, see
-:func:`n2d_dicom.derive.new_uid`) never resends what was already delivered.
-What is still pending after a job is retried later by :meth:`Outbox.deliver`.
+A store only: a job adds its derived files; :mod:`scp_server.delivery` claims,
+sends and records. Rows are keyed by SOP Instance UID and destination and added
+with INSERT OR IGNORE, so a job run again after a crash (which writes the same
+UIDs, see :func:`n2d_dicom.derive.new_uid`) never resends what was already delivered.
 
-Several workers may deliver at once, so :meth:`Outbox.deliver` first claims the
-rows it will send (owner and expiry, see :mod:`scp_server.leases`): a row is
-sent by one worker at a time, and a claim left by a dead worker runs out.
+Several senders may deliver at once, so rows are claimed before they are sent
+(owner and expiry, see :mod:`scp_server.leases`): a row is sent by one sender at
+a time, and a claim left by a dead process runs out.
 
 A row names its destination by a stable key, ``AE@host:port`` (a DICOMweb
 destination: its URL), and keeps the
@@ -19,16 +18,15 @@ destination's other fields (TLS, say) applies to rows already waiting.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scp_server.dicomweb import AnyDestination, DicomWebDestination, parse_destination, stow_files
+from scp_server.dicomweb import AnyDestination, DicomWebDestination, parse_destination
 from scp_server.leases import owner_is_dead
-from scp_server.sender import SendResult, send_files
+from scp_server.sender import SendResult
 from scp_server.sqlite import Database, Journal
 
 SCHEMA = """
@@ -114,11 +112,13 @@ class Outbox:
         claim_s: float,
         current: Mapping[str, AnyDestination] | None = None,
         series_instance_uid: str | None = None,
+        destination: str | None = None,
     ) -> dict[AnyDestination, list[Path]]:
         """Pending rows nobody else is sending, now claimed by ``owner`` for ``claim_s``; by destination.
 
         ``current`` maps keys to destinations as configured now (they win over the
-        stored ones); ``series_instance_uid`` limits the claim to one source series.
+        stored ones); ``series_instance_uid`` limits the claim to one source series,
+        ``destination`` to one destination key.
         """
         now, current = time.time(), current or {}
 
@@ -130,16 +130,17 @@ class Outbox:
 
         claimed = self._db.update_each(
             "SELECT sop_instance_uid, destination, destination_json, path, owner, claimed_until "
-            "FROM outbox WHERE state = 'pending' AND (? IS NULL OR series_instance_uid = ?)",
-            (series_instance_uid, series_instance_uid),
+            "FROM outbox WHERE state = 'pending' AND (? IS NULL OR series_instance_uid = ?) "
+            "AND (? IS NULL OR destination = ?)",
+            (series_instance_uid, series_instance_uid, destination, destination),
             "UPDATE outbox SET owner = ?, claimed_until = ? WHERE sop_instance_uid = ? "
             "AND destination = ? AND state = 'pending' AND owner IS ?",
             claim_of,
         )
         by_destination: dict[AnyDestination, list[Path]] = {}
         for _, key, stored, path, _, _ in claimed:
-            destination = current.get(key) or parse_destination(stored)
-            by_destination.setdefault(destination, []).append(Path(path))
+            target = current.get(key) or parse_destination(stored)
+            by_destination.setdefault(target, []).append(Path(path))
         return by_destination
 
     def record(self, results: list[SendResult], destination: AnyDestination) -> None:
@@ -164,53 +165,25 @@ class Outbox:
         """:meth:`record` for one answer, as it arrives."""
         self.record([result], destination)
 
-    def deliver(
-        self,
-        calling_ae: str,
-        attempts: int,
-        backoff_s: float,
-        owner: str,
-        claim_s: float,
-        current: Mapping[str, AnyDestination] | None = None,
-        series_instance_uid: str | None = None,
-        timeout_s: float = 30.0,
-    ) -> list[SendResult]:
-        """Claim pending files nobody is sending and try them once more, ``attempts`` associations each.
-
-        Every attempt's outcome is recorded as it happens (see :meth:`claim` for
-        ``current`` and ``series_instance_uid``); ``timeout_s`` bounds each wait on a destination.
-        """
-        results: list[SendResult] = []
-        for destination, paths in self.claim(owner, claim_s, current, series_instance_uid).items():
-            on_disk = {p: p.is_file() for p in paths}
-            present = [p for p in paths if on_disk[p]]
-            missing = [SendResult(p, _uid_of(p), None, MISSING) for p in paths if not on_disk[p]]
-            self._refuse_missing(missing, destination)
-            results.extend(missing)
-            if present:
-                on_result = functools.partial(self.record_one, destination)
-                if isinstance(destination, DicomWebDestination):
-                    sent = stow_files(
-                        present, destination, attempts, backoff_s, timeout_s, on_result=on_result
-                    )
-                else:
-                    sent = send_files(
-                        present, destination, calling_ae, attempts, backoff_s, timeout_s, on_result=on_result
-                    )
-                results.extend(sent)
-        self._release(owner)
-        return results
-
-    def _refuse_missing(self, missing: list[SendResult], destination: AnyDestination) -> None:
+    def refuse_missing(self, paths: list[Path], destination: AnyDestination) -> None:
+        """Rows whose derived file is gone: nobody can send them; refused with :data:`MISSING`."""
         self._db.execute_many(
             "UPDATE outbox SET state = 'refused', last_error = ?, owner = NULL, claimed_until = NULL "
             "WHERE path = ? AND destination = ?",
-            [(MISSING, str(result.path), destination_key(destination)) for result in missing],
+            [(MISSING, str(path), destination_key(destination)) for path in paths],
         )
 
-    def _release(self, owner: str) -> None:
+    def release(self, owner: str) -> None:
         """Drop ``owner``'s claims on rows it did not get an answer for (they stay pending)."""
         self._db.execute("UPDATE outbox SET owner = NULL, claimed_until = NULL WHERE owner = ?", (owner,))
+
+    def pending_destinations(self, unattempted_only: bool = False) -> list[str]:
+        """Keys of destinations with pending rows (only rows never tried, if ``unattempted_only``)."""
+        rows = self._db.query(
+            "SELECT DISTINCT destination FROM outbox WHERE state = 'pending' AND (? = 0 OR attempts = 0)",
+            (int(unattempted_only),),
+        )
+        return [str(key) for (key,) in rows]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Rows per destination AE title and state."""
@@ -287,8 +260,3 @@ class Outbox:
 def _state_of(result: SendResult) -> str:
     """The row state a send's outcome leaves: delivered, refused, or still pending."""
     return "delivered" if result.delivered else "refused" if result.refused else "pending"
-
-
-def _uid_of(path: Path) -> str:
-    """The SOP Instance UID a derived file is named after (``<uid>.dcm``)."""
-    return path.stem

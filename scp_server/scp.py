@@ -6,8 +6,9 @@ Each C-STORE is answered after the instance is durably in the spool (status
 - 0xC210 the dataset cannot be decoded: the bytes are quarantined with the reason;
 - 0xC211 required identifiers (SOP Instance/Series/Study UID, SOP Class) are
   missing or malformed: quarantined with the reason;
-- 0xA900 an element too long for its VR (sent as UN, or in implicit VR), which no
-  derived object could carry: quarantined with the reason;
+- 0xA900 content no run could use: an element too long for its VR (sent as UN,
+  or in implicit VR), or uncompressed Pixel Data shorter than the image
+  attributes say: quarantined with the reason;
 - 0xA700 out of resources (disk full or not writable): nothing is kept, the
   sender should retry later.
 
@@ -47,7 +48,7 @@ from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings
 from scp_server.leases import process_owner
 from scp_server.pynetdicom_internals import judge_uids_ourselves
-from scp_server.spool import InvalidIdentifiers, Outcome, Spool, instance_of, unwritable_element
+from scp_server.spool import InvalidIdentifiers, Outcome, Spool, content_problem, instance_of
 from scp_server.transport import NodeServer, serve
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,13 @@ def handle_store(event: Event, spool: Spool, on_stored: StoredHook | None = None
                 f"SOPInstanceUID {printable(instance.sop_instance_uid)} differs from the request's "
                 f"Affected SOP Instance UID {printable(announced)}"
             )
-        unwritable = unwritable_element(dataset)
+        unprocessable = content_problem(dataset, str(event.context.transfer_syntax))
     except InvalidIdentifiers as exc:
         return _refuse(spool, encoded, calling, str(exc), MISSING_IDENTIFIERS)
     except Exception as exc:  # pydicom raises many types for malformed data
         return _refuse(spool, encoded, calling, f"cannot decode dataset: {exc}", CANNOT_UNDERSTAND)
-    if unwritable is not None:
-        return _refuse(spool, encoded, calling, unwritable, DOES_NOT_MATCH_SOP_CLASS)
+    if unprocessable is not None:
+        return _refuse(spool, encoded, calling, unprocessable, DOES_NOT_MATCH_SOP_CLASS)
     try:
         outcome = spool.store(encoded, instance, calling)
         if on_stored is not None:

@@ -17,6 +17,7 @@ backoff, and ``/healthz`` answers 503 with the reasons until it clears.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import resource
@@ -32,7 +33,7 @@ import torch
 from n2d_dicom.devices import resolve_device
 from scp_server.config import NodeSettings
 from scp_server.dashboard import Dashboard
-from scp_server.delivery import deliver
+from scp_server.delivery import Courier
 from scp_server.health import Backoff, Health
 from scp_server.http import BoundedHTTPServer, endpoints
 from scp_server.metrics import NodeMetrics
@@ -62,6 +63,8 @@ class Node:
         self.jobs = Jobs(make_queue(settings))
         self.metrics = NodeMetrics(self.status)
         self.health = Health(self.metrics.background_errors, settings.spool_dir)
+        self.courier = Courier(settings, self.stores.outbox, self.health.guarded)
+        self.health.checks.append(self.courier.stuck)
         self._stop = threading.Event()
         self._ended: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -120,6 +123,7 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, close associations, stop the loops; the files and indexes stay consistent."""
         self._stop.set()
+        self.courier.shutdown()
         for server in self._servers:
             server.shutdown()  # type: ignore[attr-defined]
         for thread in self._threads:
@@ -204,16 +208,17 @@ class Node:
             log.info("retention: spool data of %d delivered series deleted", purged)
 
     def _deliver(self) -> None:
-        """Outbox rounds: everything pending, every ``outbox_retry_s``. Never dies."""
-        backoff = Backoff(self.settings.outbox_retry_s)
-        backoff.wait_s = 0  # a round at start, for what a previous run of the node left
+        """Hand the outbox to the sending threads: rows never tried within a poll, every pending row every
+        ``outbox_retry_s`` (and at start, for what a previous run of the node left). Never dies."""
+        backoff = Backoff(POLL_INTERVAL_S)
+        next_round = time.monotonic()
         while not self._stop.wait(backoff.wait_s):
-            backoff.after(self.health.guarded("outbox", self.deliver_round))
-
-    def deliver_round(self) -> None:
-        """One outbox round, if anything is pending."""
-        if self.stores.outbox.pending_count():
-            deliver(self.settings, self.stores.outbox, attempts=self.settings.send_attempts)
+            full_round = time.monotonic() >= next_round
+            dispatch = functools.partial(self.courier.dispatch, unattempted_only=not full_round)
+            succeeded = self.health.guarded("outbox", dispatch)
+            if succeeded and full_round:
+                next_round = time.monotonic() + self.settings.outbox_retry_s
+            backoff.after(succeeded)
 
     def requeue_lost_jobs(self) -> list[DueSeries]:
         """Queue again the runs queued ``job_lease_s`` ago or earlier whose job the queue no longer holds.

@@ -34,7 +34,9 @@ import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from n2d_dicom.atomic import TEMPORARY_SUFFIX, atomic_path
 from n2d_dicom.uids import printable, uid_problem
@@ -74,12 +76,35 @@ class InvalidIdentifiers(ValueError):
     """An instance whose identifiers are missing or not valid UIDs; the message names which and why."""
 
 
-class UnwritableElement(ValueError):
-    """An instance with an element no DICOM object can carry again; the message names it and why."""
-
-
 #: VRs whose value length is a 2-byte field in explicit VR encodings (PS3.5 7.1.2): at most 0xFFFF bytes.
 SHORT_LENGTH_VRS = frozenset("AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split())
+
+
+def content_problem(dataset: pydicom.Dataset, transfer_syntax: str) -> str | None:
+    """Why an instance with valid identifiers still cannot be processed or sent on, or None.
+
+    Checked at reception, so that a modality never takes for stored what no run
+    could read: an element too long for its VR (:func:`unwritable_element`) or
+    uncompressed Pixel Data shorter than its Rows, Columns, bits and frames say.
+    """
+    return unwritable_element(dataset) or short_pixel_data(dataset, transfer_syntax)
+
+
+def short_pixel_data(dataset: pydicom.Dataset, transfer_syntax: str) -> str | None:
+    """Uncompressed Pixel Data with fewer bytes than the image attributes need, or None.
+
+    Compressed data is not judged here (its length says nothing; decoding does).
+    """
+    if "PixelData" not in dataset or UID(transfer_syntax).is_compressed:
+        return None
+    try:
+        expected = int(get_expected_length(dataset, "bytes"))
+    except (AttributeError, KeyError, TypeError, ValueError):  # not an image's attributes: not ours to judge
+        return None
+    received = len(dataset["PixelData"].value or b"")
+    if received < expected:
+        return f"Pixel Data of {received} bytes, {expected} expected from the image attributes"
+    return None
 
 
 def unwritable_element(dataset: pydicom.Dataset) -> str | None:

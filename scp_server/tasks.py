@@ -6,9 +6,9 @@ process on this or another machine. A job takes its run from the tracker
 (exactly one worker gets it), follows the plan recorded when the run was
 claimed (route, settings, destinations: see :class:`RunPlan`), denoises the
 series with :mod:`n2d_dicom` (the same functions as ``n2d denoise-dicom``),
-writes the derived instances under ``spool/derived/``, queues them in the
-outbox and makes one delivery attempt, renewing its lease all along; the node's
-outbox rounds deliver the rest (:mod:`scp_server.delivery`).
+writes the derived instances under ``spool/derived/`` and queues them in the
+outbox, renewing its lease all along; the node's sending threads deliver them
+(:mod:`scp_server.delivery`), so no destination ever holds a worker.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from n2d_dicom.measured import describe_measured, describe_split
 from n2d_dicom.pipeline import DerivedSeries, denoise_series
 from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings, Route, route_for
-from scp_server.delivery import deliver
 from scp_server.dicomweb import AnyDestination
 from scp_server.health import Backoff
 from scp_server.leases import new_owner, renewed
@@ -202,8 +201,6 @@ class SeriesProcessor:
             self._forward_unchanged(series_uid, run, instances, plan.forward_unmatched, "no route matches")
         else:
             log.info("series %s run %d: no route matches, kept in the spool", series_uid, run)
-            return
-        deliver(self.settings, self.stores.outbox, attempts=1, series_instance_uid=series_uid)
 
     def _forward_unchanged(
         self,

@@ -44,6 +44,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_items import TransferSyntaxSubItem
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
@@ -68,6 +69,11 @@ _UNEXPECTED_PDU = 0x02
 _INVALID_PARAMETER_VALUE = 0x06
 
 
+#: Stands for a proposed transfer syntax UID over 64 characters: no transfer syntax the node accepts.
+UNUSABLE_TRANSFER_SYNTAX = (
+    "2.25.182182419394234334903893395062135114764"  # 2.25: uuid5 of n2d-dicom:unusable-transfer-syntax
+)
+
 #: Least bound on a PDU after the request, whatever maximum PDU size we announce.
 MIN_PDU_READ = 1 << 20
 
@@ -86,6 +92,27 @@ def _address(client_address: Any) -> str:
     """``host:port`` of a peer, for logs (addresses only: nothing the peer chose to send)."""
     host, port = client_address[0], client_address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _usable_request(request: bytes) -> bytes:
+    """The A-ASSOCIATE-RQ as pynetdicom can take it; raises (many types) when it cannot be decoded.
+
+    A proposed transfer syntax UID over 64 characters decodes (the node judges
+    UIDs itself, see :mod:`scp_server.pynetdicom_internals`) but then kills
+    pynetdicom's state machine in Sta2, leaving the peer unanswered; it is
+    replaced by :data:`UNUSABLE_TRANSFER_SYNTAX`, so that its presentation context
+    is refused (transfer syntaxes not supported) like any other we cannot take.
+    """
+    decoded = A_ASSOCIATE_RQ()
+    decoded.decode(request)
+    replaced = False
+    for item in decoded.variable_items:
+        for sub_item in getattr(item, "abstract_transfer_syntax_sub_items", []):
+            if isinstance(sub_item, TransferSyntaxSubItem) and len(sub_item.transfer_syntax_name or "") > 64:
+                sub_item.transfer_syntax_name = UNUSABLE_TRANSFER_SYNTAX
+                replaced = True
+    decoded.to_primitive()  # what pynetdicom does next, in its state machine
+    return decoded.encode() if replaced else request
 
 
 class _PrefixedSocket(AssociationSocket):
@@ -290,12 +317,11 @@ class _Connection(RequestHandler):
             log.info("connection from %s closed inside its A-ASSOCIATE-RQ", peer)
             return None
         try:  # here, so that a request pynetdicom cannot decode never holds an association slot
-            A_ASSOCIATE_RQ().decode(header + body)
+            return _usable_request(header + body)
         except Exception as exc:  # pynetdicom raises many types for malformed items
             log.warning("connection from %s closed: A-ASSOCIATE-RQ cannot be decoded (%s)", peer, exc)
             self._abort(_INVALID_PARAMETER_VALUE)
             return None
-        return header + body
 
     def _handshake(self, context: ssl.SSLContext, deadline: float) -> None:
         """TLS on this connection's thread, so a silent peer cannot stall the listener."""

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 #: The ``n2d`` console script pip installed beside the interpreter running the tests.
@@ -30,15 +31,19 @@ def free_port() -> int:
     """A loopback port nothing listens on now, never handed out twice in a test session."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     first = PORT_BASE + PORT_BLOCK * (int(worker.removeprefix("gw") or 0) % 8)
-    for _ in range(PORT_BLOCK):
-        port = first + next(_next_port) % PORT_BLOCK
+    return first_free_port(first + next(_next_port) % PORT_BLOCK for _ in range(PORT_BLOCK))
+
+
+def first_free_port(candidates: Iterable[int]) -> int:
+    """The first of ``candidates`` that loopback can bind now."""
+    for port in candidates:
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free loopback port in {first}-{first + PORT_BLOCK - 1}")
+    raise RuntimeError("no free loopback port among the candidates")
 
 
 def dcmtk(tool: str) -> str:

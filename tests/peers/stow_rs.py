@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +53,8 @@ class StowPeer:
     answer: Answer = stored
     requests: list[Request] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    #: Seconds between the answer body's bytes (after the headers, sent at once); 0: all at once.
+    trickle_s: float = 0.0
 
     @property
     def port(self) -> int:
@@ -75,12 +78,19 @@ class StowPeer:
                 self.send_header("Content-Type", "application/dicom+json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if not peer.trickle_s:
+                    self.wfile.write(payload)
+                    return
+                for byte in payload:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(peer.trickle_s)
 
             def log_message(self, *args: object) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True  # a trickling answer's thread must not hold up stop()
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

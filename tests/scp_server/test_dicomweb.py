@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from scp_server.config import NodeSettings, load_settings
 from scp_server.dicomweb import DicomWebDestination, parse_destination, stow_files
-from scp_server.outbox import Outbox, destination_key
+from scp_server.outbox import destination_key
 from scp_server.tasks import RunPlan
 from tests.conftest import free_port
 from tests.n2d_dicom.conftest import write_ct_series
@@ -85,12 +85,32 @@ def test_a_4xx_answer_is_refused_and_not_retried(series_files, peer):
 
 def test_a_200_without_a_stow_rs_answer_or_a_redirect_marks_nothing_delivered(series_files, peer):
     peer.answer = lambda uids: (200, b"<html>Please log in</html>")
-    results = stow_files(series_files[:2], web(f"http://127.0.0.1:{peer.port}"), attempts=1)
-    assert not any(r.delivered or r.refused for r in results)
+    results = stow_files(series_files[:2], web(f"http://127.0.0.1:{peer.port}"), attempts=2, backoff_s=0)
+    assert not any(r.delivered for r in results) and len(peer.requests) == 2  # retried, then refused
     assert "without a STOW-RS answer" in (results[0].error or "")
     peer.answer = lambda uids: (302, None)
     results = stow_files(series_files[:2], web(f"http://127.0.0.1:{peer.port}"), attempts=1)
     assert all(r.refused for r in results) and results[0].error == "HTTP 302 Found"
+
+
+def test_a_200_that_does_not_list_the_instances_is_retried_then_refused_with_the_reason(series_files, peer):
+    """Round 3, finding 7: a 200 whose body is {} counted as delivered, and retention deleted the files."""
+    peer.answer = lambda uids: (200, b"{}")
+    results = stow_files(series_files[:2], web(f"http://127.0.0.1:{peer.port}"), attempts=3, backoff_s=0)
+    assert len(peer.requests) == 3
+    assert all(r.refused and not r.delivered for r in results)
+    assert results[0].error == "HTTP 200 OK: the answer does not list the instance as stored (3 attempts)"
+
+
+def test_a_destination_trickling_its_answer_is_cut_off_at_the_request_deadline(series_files, peer):
+    """Round 3, finding 2: headers, then a byte a second, held the worker for as long as it liked."""
+    peer.trickle_s = 0.2
+    destination = web(f"http://127.0.0.1:{peer.port}", timeout_s=5)
+    started = time.monotonic()
+    results = stow_files(series_files[:2], destination, attempts=1, deadline_s=1.0)
+    assert time.monotonic() - started < 4
+    assert not any(r.delivered or r.refused for r in results)
+    assert {r.error for r in results} == {"no complete answer within 1 s"}
 
 
 def test_a_5xx_answer_is_retried_with_backoff_then_left_pending(series_files, peer):
@@ -171,24 +191,6 @@ def test_https_is_verified_by_default_and_trusts_the_configured_ca(series_files,
         assert trusted[0].delivered and len(peer.requests) == 1
     finally:
         peer.stop()
-
-
-def test_outbox_sends_dicomweb_rows_and_keys_them_by_url(series_files, peer, tmp_path):
-    outbox = Outbox(tmp_path / "outbox.sqlite3")
-    try:
-        destination = web(f"http://127.0.0.1:{peer.port}/dicom-web")
-        outbox.add([(uid_of(p), p) for p in series_files], destination, "9.1")
-        peer.answer = lambda uids: (503, None)
-        outbox.deliver("N2D", attempts=1, backoff_s=0, owner="w:1:a", claim_s=60)
-        assert outbox.counts() == {f"http://127.0.0.1:{peer.port}/dicom-web": {"pending": 5}}
-        peer.answer = stored
-        results = outbox.deliver(
-            "N2D", attempts=1, backoff_s=0, owner="w:1:a", claim_s=60
-        )  # from stored JSON
-        assert len(results) == 5 and outbox.settled("9.1")
-        assert [row.attempts for row in outbox.rows()] == [2] * 5
-    finally:
-        outbox.close()
 
 
 def test_a_destination_is_dimse_or_dicomweb_and_its_url_holds_no_credentials():

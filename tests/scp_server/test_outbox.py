@@ -6,9 +6,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from scp_server.outbox import MISSING, Outbox, destination_key
+from scp_server.outbox import Outbox, destination_key
 from scp_server.sender import Destination, DestinationTLS, SendResult
-from tests.helpers import free_port
 from tests.n2d_dicom.conftest import data_file
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
@@ -69,13 +68,6 @@ def test_answers_are_recorded_and_release_the_claim(outbox, tmp_path):
     assert not outbox.settled("9.1")
 
 
-def test_a_missing_file_is_refused_without_a_send(outbox, tmp_path):
-    outbox.add(items(tmp_path, "1.1"), PACS, "9.1")
-    (result,) = outbox.deliver("N2D", attempts=1, backoff_s=0, owner="w:1:a", claim_s=60)
-    assert (result.sop_instance_uid, result.error) == ("1.1", MISSING)
-    assert outbox.counts() == {"PACS@127.0.0.1:104": {"refused": 1}}
-
-
 def test_refused_rows_can_be_retried_or_forgotten(outbox, tmp_path):
     outbox.add(items(tmp_path, "1.1"), PACS, "9.1")
     outbox.add(items(tmp_path, "2.1"), PACS, "9.2")
@@ -94,19 +86,6 @@ def test_refused_rows_can_be_retried_or_forgotten(outbox, tmp_path):
     assert outbox.settled("9.1")
     assert outbox.forget("9.1") == [tmp_path / "1.1.dcm"]
     assert outbox.counts() == {}
-
-
-def test_every_failed_attempt_is_recorded_with_its_reason(outbox, tmp_path):
-    """Finding 10: rows that failed with 'no association' kept attempts=0 and no error."""
-    down = Destination(ae_title="PACS", host="127.0.0.1", port=free_port())
-    path = tmp_path / "1.1.dcm"
-    write_ct(path, "1.1")
-    outbox.add([("1.1", path)], down, "9.1")
-    (result,) = outbox.deliver("N2D", attempts=2, backoff_s=0, owner="w:1:a", claim_s=60)
-    assert not result.delivered
-    (row,) = outbox.rows()
-    assert (row.state, row.attempts, row.last_error) == ("pending", 2, "no association")
-    assert [error for *_, error in outbox.errors()] == ["no association"]
 
 
 def test_rows_name_their_destination_by_a_stable_key_so_config_edits_keep_them(outbox, tmp_path):

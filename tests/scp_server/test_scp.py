@@ -398,3 +398,15 @@ def test_a_text_element_too_long_for_its_vr_sent_as_un_is_refused_at_reception(n
     assert not spool.contains(dataset.SOPInstanceUID)
     ((path, reason),) = spool.quarantined()
     assert keyword in reason and "1048577 bytes" in reason and path.is_file()
+
+
+def test_uncompressed_pixel_data_cut_short_is_refused_at_reception(node):
+    """Found by the fuzzing campaign: Pixel Data of 2000 of 32768 bytes was acknowledged with 0x0000,
+    and the run that denoised the series could not read it."""
+    settings, spool = node
+    dataset = pydicom.dcmread(data_file("CT_small.dcm"))
+    dataset.PixelData = dataset.PixelData[:2000]
+    assert store(settings, dataset) == [0xA900]
+    assert not spool.contains(dataset.SOPInstanceUID)
+    ((_, reason),) = spool.quarantined()
+    assert reason == "Pixel Data of 2000 bytes, 32768 expected from the image attributes"
