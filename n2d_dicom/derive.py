@@ -34,11 +34,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import logging
 import uuid
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -63,6 +59,7 @@ from n2d_dicom.measured import (
     sampling_strides,
     wiener_sides,
 )
+from n2d_dicom.pydicom_warnings import quiet_value_warnings
 from n2d_dicom.settings import N2DSettings
 
 TransferSyntaxName = Literal["explicit-little", "implicit-little"]
@@ -230,7 +227,7 @@ def derive_instance(
             f"the source {original.shape}/{original.dtype}"
         )
     derived = Dataset()  # a plain dataset: the source's encoding (e.g. big endian) is not carried over
-    with values_already_checked():
+    with quiet_value_warnings():
         for element in source:
             derived.add(copy.deepcopy(element))
     derived.remove_private_tags()
@@ -411,28 +408,6 @@ def _compression_ratio(source: Dataset) -> str | None:
     return f"{uncompressed / compressed:.2f}" if compressed else None
 
 
-@contextmanager
-def values_already_checked() -> Iterator[None]:
-    """Keep pydicom's value warnings quiet while source values are copied and written.
-
-    The reader (:mod:`n2d_dicom.dicom_read`) parsed every value of the source and
-    reported the ones pydicom complained about (or, for UIDs, checked them with
-    the project's own rule); copying or writing them warns again about the same
-    values, which would only repeat, on the user's terminal, what was reported. pydicom's
-    logger, which repeats each warning, is held at ERROR meanwhile.
-    """
-    logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Invalid value for VR", category=UserWarning)
-            warnings.filterwarnings("ignore", message="The value length", category=UserWarning)
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _add_private_block(derived: Dataset, source: Dataset, provenance: Provenance) -> None:
     block = derived.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     n2d = as_ran(provenance.measured, provenance.n2d)
@@ -494,12 +469,13 @@ def write_instances(datasets: list[Dataset], folder: Path, private: bool = False
     """Write each dataset as ``<SOP Instance UID>.dcm`` in ``folder``, atomically; readable as the
     umask allows, or by the owner alone where ``private`` (the node's spool).
 
-    Values copied from the source are not warned about again (:func:`values_already_checked`).
+    Values copied from the source are not warned about again
+    (:func:`n2d_dicom.pydicom_warnings.quiet_value_warnings`).
     """
     paths = []
     for dataset in datasets:
         path = folder / f"{dataset.SOPInstanceUID}.dcm"
-        with atomic_path(path, private=private) as tmp, values_already_checked():
+        with atomic_path(path, private=private) as tmp, quiet_value_warnings():
             dataset.save_as(tmp, enforce_file_format=True)
         paths.append(path)
     return paths

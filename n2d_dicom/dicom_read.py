@@ -40,13 +40,10 @@ state, so files are read from one thread at a time.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
-import threading
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +57,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from n2d_dicom.pydicom_warnings import recorded
 from n2d_dicom.sop_classes import is_denoisable
 from n2d_dicom.uids import printable, uid_problem
 from n2d_dicom.volume import SliceSource, Volume
@@ -265,7 +263,7 @@ class _Unusable(Exception):
 
 def _frames_of(path: Path) -> tuple[list[Frame], list[str]]:
     """The frames of one file and the notes on its header, or :class:`_Unusable` with the reason."""
-    with _pydicom_warnings() as caught:
+    with recorded() as caught:
         dataset = _read(path)
         notes = _parse_all(dataset, caught)
         notes.extend(_notes(caught, ""))
@@ -273,26 +271,6 @@ def _frames_of(path: Path) -> tuple[list[Frame], list[str]]:
         frames = _checked_frames(dataset, path)
         notes.extend(_notes(caught, "Pixel Data: "))
     return frames, notes
-
-
-#: ``warnings.catch_warnings`` swaps process-wide state: two threads interleaving it (the node's
-#: worker threads) would leave a dead recorder installed for good, so reads take turns in it.
-_WARNINGS_LOCK = threading.Lock()
-
-
-@contextmanager
-def _pydicom_warnings() -> Iterator[list[warnings.WarningMessage]]:
-    """Record pydicom's warnings instead of showing them; its logger (which repeats them) stays quiet."""
-    logger = logging.getLogger("pydicom")
-    with _WARNINGS_LOCK:
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                yield caught
-        finally:
-            logger.setLevel(level)
 
 
 def _read(path: Path) -> Dataset:

@@ -9,7 +9,6 @@ attribute's own VR, as a PACS would send them.
 
 import logging
 import shutil
-import threading
 import warnings
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from pydicom.dataelem import DataElement
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from n2d_dicom.derive import DerivationSettings, write_instances
-from n2d_dicom.dicom_read import _pydicom_warnings, read_dicom_files, read_dicom_folder
+from n2d_dicom.dicom_read import read_dicom_files, read_dicom_folder
 from n2d_dicom.pipeline import denoise_series
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.sop_classes import DENOISABLE_SOP_CLASSES, is_denoisable
@@ -288,29 +287,3 @@ def test_reading_never_raises_on_a_truncated_file(tmp_path):
     (series,), rejected = read_dicom_files(paths)
     assert [r.path for r in rejected] == [paths[0]]
     assert len(series.frames) == 1
-
-
-def test_readers_in_several_threads_take_turns_with_the_process_wide_warning_state():
-    """The node reads series in several worker threads; interleaved catch_warnings blocks would leave
-    a dead recorder installed as the process's showwarning for good."""
-    inside, second_inside, leave = threading.Event(), threading.Event(), threading.Event()
-
-    def first() -> None:
-        with _pydicom_warnings():
-            inside.set()
-            leave.wait(10)
-
-    def second() -> None:
-        with _pydicom_warnings():
-            second_inside.set()
-
-    before = warnings.showwarning
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    threads[0].start()
-    assert inside.wait(10)
-    threads[1].start()
-    assert not second_inside.wait(0.3)  # waits for the first reader to leave
-    leave.set()
-    for thread in threads:
-        thread.join(10)
-    assert second_inside.is_set() and warnings.showwarning is before
