@@ -7,7 +7,11 @@ test modules that still import them from this one.
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -18,9 +22,29 @@ from pynetdicom.sop_class import CTImageStorage
 
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom
-from tests.helpers import dcmtk, free_port
+from tests.helpers import dcmtk, descendants, free_port, stop_processes
 
 __all__ = ["dcmtk", "free_port"]
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Stop every process a test started and left running (a node, an Orthanc, a dcmtk peer), pass or
+    fail, after the test's own fixtures have torn down; a leak is a warning naming the test."""
+    before = set(descendants(os.getpid()))
+    yield
+    left = [pid for pid in descendants(os.getpid()) if pid not in before]
+    if left:
+        commands = [command_line(pid) for pid in left]
+        stop_processes(left)
+        warnings.warn(f"{request.node.nodeid} left {len(left)} process(es) running: {commands}", stacklevel=1)
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return str(pid)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

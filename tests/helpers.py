@@ -6,11 +6,14 @@ module does not drag another one's tests along.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import signal
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,3 +54,42 @@ def dcmtk(tool: str) -> str:
     path = shutil.which(tool, path="/usr/bin:/usr/local/bin")
     assert path, f"dcmtk's {tool} not found: apt-get install dcmtk"
     return path
+
+
+def descendants(pid: int) -> list[int]:
+    """Live (not zombie) descendants of process ``pid``, read from /proc; parents before children."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], list(children.get(pid, []))
+    while queue:
+        child = queue.pop(0)
+        found.append(child)
+        queue.extend(children.get(child, []))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie waits only for its parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_processes(pids: list[int], grace_s: float = 10.0) -> None:
+    """SIGTERM each of ``pids``, then SIGKILL what is still there after ``grace_s``."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(running(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

@@ -17,7 +17,12 @@ While they send, faults are injected:
 - ``node_kill``: kill -9 of the node while a modality is mid-series, then a restart;
 - ``worker_kill``: kill -9 of the worker while it holds a run, then a restart;
 - ``destination_down``: the PACS stops, then starts again on the same port;
-- ``disk_full``: the spool's tmpfs is filled, then freed.
+- ``disk_full``: the spool's tmpfs is filled, then freed;
+- ``http_flood``: about 1,100 half-sent HTTP requests held open on the node's HTTP port;
+- ``stow_trickle``: the route's second destination, a STOW-RS receiver, answers a byte at a
+  time (past ``send_deadline_s``), then normally again.
+
+The worker process runs ``workers`` threads (the node only receives and sends).
 
 Then it waits (bounded) until ``n2d status`` shows nothing receiving, queued,
 processing or pending delivery, stops everything it started, and accounts:
@@ -38,6 +43,7 @@ import logging
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -46,6 +52,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,12 +68,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from scp_server.pynetdicom_internals import poll_for_readiness
 from scp_server.tools.load import start_pacs, synthetic_series
 from tests.helpers import free_port
+from tests.peers.stow_rs import StowPeer
 
 N2D = Path(sys.executable).with_name("n2d")
 #: Faults injected over time, in turn.
-TIMED_FAULTS = ("disk_full", "node_kill", "destination_down", "worker_kill")
+TIMED_FAULTS = ("disk_full", "node_kill", "destination_down", "worker_kill", "http_flood", "stow_trickle")
 #: Every kind of fault the soak injects; the CI test wants each at least once.
 FAULT_KINDS = ("peer_abort", "peer_abort_abandoned", "identical_resend", *TIMED_FAULTS)
 #: How a derived series names a later run (see scp_server.tasks.derivation_for_run).
@@ -100,6 +110,11 @@ class SoakPlan(BaseModel):
     quiet_period_s: float = 0.5
     aborted_grace_s: float = 5
     job_lease_s: float = 3
+    workers: int = 2
+    http_flood_connections: int = 1100
+    http_flood_s: float = 8
+    stow_trickle_s: float = 8
+    send_deadline_s: float = 3
 
 
 class SoakFigures(BaseModel):
@@ -136,6 +151,7 @@ class SoakFigures(BaseModel):
     worker_kills_mid_job: int
     node_kills_mid_series: int
     unexpected_exits: dict[str, int]
+    healthz: str
     notes: list[str]
 
     def problems(self) -> list[str]:
@@ -155,6 +171,8 @@ class SoakFigures(BaseModel):
             found.append(f"not finished after the drain: {self.unfinished}, {self.outbox_pending} pending")
         if self.unexpected_exits:
             found.append(f"processes that exited by themselves: {self.unexpected_exits}")
+        if self.healthz != "ok":
+            found.append(f"/healthz after the drain: {self.healthz}")
         return found
 
 
@@ -231,6 +249,7 @@ class Site:
         self.spool = workdir / "spool"
         self.spool.mkdir(parents=True, exist_ok=True)
         self.port, self.http_port, self.pacs_port = free_port(), free_port(), free_port()
+        self.stow = StowPeer().start()
         self.config = workdir / "node.yaml"
         self.config.write_text(yaml.safe_dump(self.node_config()))
         self.holder: subprocess.Popen[bytes] | None = None
@@ -259,13 +278,17 @@ class Site:
             "outbox_retry_s": 1,
             "send_attempts": 2,
             "send_backoff_s": 0.2,
+            "send_deadline_s": plan.send_deadline_s,
             "network_timeout_s": 10,
             "routes": [
                 {
                     "name": "ct",
                     "match": {"modalities": ["CT"]},
                     "n2d": {"iterations": 3, "channels": 8, "mode": "per-series"},
-                    "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": self.pacs_port}],
+                    "destinations": [
+                        {"ae_title": "PACS", "host": "127.0.0.1", "port": self.pacs_port},
+                        {"dicomweb": {"url": f"http://127.0.0.1:{self.stow.port}"}},
+                    ],
                 }
             ],
         }
@@ -310,8 +333,10 @@ class Site:
         self._logs.append(log)
         log.write(f"---- {role} started at {time.strftime('%H:%M:%S')}\n")
         log.flush()
+        workers = 0 if role == "node" else self.plan.workers  # the environment wins over the YAML
         return subprocess.Popen(
             [*self.enter(), str(N2D), "serve" if role == "node" else "worker", "--config", str(self.config)],
+            env={**os.environ, "N2D_WORKERS": str(workers)},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -378,6 +403,7 @@ class Site:
         for process in (self.worker, self.node):
             self.stop(process)
         self.stop_pacs()
+        self.stow.stop()
         if keep and self.holder is not None and self.holder.poll() is None:
             shutil.copytree(self.seen(self.spool), self.workdir / "spool-copy", dirs_exist_ok=True)
         self.kill(self.holder)
@@ -417,6 +443,16 @@ class Site:
             return []
         rows: list[list[Any]] = json.loads(done.stdout)
         return rows
+
+    def healthz(self) -> str:
+        """What ``/healthz`` answers now, on one line ("ok" when healthy)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10) as answer:
+                return " | ".join(answer.read().decode().split("\n")).strip(" |")
+        except urllib.error.HTTPError as exc:
+            return f"{exc.code}: " + " | ".join(exc.read().decode().split("\n")).strip(" |")
+        except OSError as exc:
+            return f"no answer ({exc})"
 
     def fill_disk(self) -> None:
         subprocess.run(
@@ -602,6 +638,30 @@ class Faults:
         finally:
             self.site.start_pacs()
 
+    def http_flood(self) -> None:
+        """Hold many half-sent HTTP requests open on the node's HTTP port while modalities send."""
+        held: list[socket.socket] = []
+        try:
+            for _ in range(self.plan.http_flood_connections):
+                try:
+                    sock = socket.create_connection(("127.0.0.1", self.site.http_port), timeout=5)
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: soak\r\n")
+                    held.append(sock)
+                except OSError:  # closed at once by the node's cap, or the node restarting
+                    continue
+            self.stop.wait(self.plan.http_flood_s)
+        finally:
+            for sock in held:
+                sock.close()
+
+    def stow_trickle(self) -> None:
+        """The STOW-RS destination answers a byte every 0.2 s for a while (its requests are cut off)."""
+        self.site.stow.trickle_s = 0.2
+        try:
+            self.stop.wait(self.plan.stow_trickle_s)
+        finally:
+            self.site.stow.trickle_s = 0.0
+
     def resends(self) -> None:
         """Now and then, send two instances of a series already delivered again, unchanged."""
         plan = self.plan
@@ -685,6 +745,9 @@ def drain(site: Site, plan: SoakPlan) -> tuple[dict[str, int], int]:
 def run_soak(plan: SoakPlan, workdir: Path | None = None, out: Callable[[str], None] = print) -> SoakFigures:
     """Soak a node for ``plan.seconds`` with faults, drain it, stop it, and return the account."""
     started = time.time()
+    poll_for_readiness()  # the modalities' sockets number past 1023 during the HTTP flood
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     pynetdicom_log = logging.getLogger("pynetdicom")
     level = pynetdicom_log.level
     pynetdicom_log.setLevel(logging.CRITICAL)  # refused associations are the faults, not news
@@ -732,11 +795,13 @@ def run_soak(plan: SoakPlan, workdir: Path | None = None, out: Callable[[str], N
         unfinished, pending = drain(site, plan)
         drain_s = time.time() - drained
         time.sleep(1)  # a delivery answered just now is recorded by the PACS thread
+        healthz = site.healthz()
         site.stop(site.worker)
         site.stop(site.node)
         figures = account(site, ledger, sources, faults, unfinished, pending)
         return figures.model_copy(
             update={
+                "healthz": healthz,
                 "duration_s": round(time.time() - started, 1),
                 "sending_s": round(sending_s, 1),
                 "drain_s": round(drain_s, 1),
@@ -853,6 +918,7 @@ def account(
             worker_kills_mid_job=faults.mid_job,
             node_kills_mid_series=faults.mid_series,
             unexpected_exits=dict(site.unexpected),
+            healthz="",
             notes=list(ledger.notes),
         )
 
@@ -885,6 +951,7 @@ def describe(figures: SoakFigures) -> str:
         f"                       worker kills mid-job {f.worker_kills_mid_job}, "
         f"node kills mid-series {f.node_kills_mid_series}, mount namespace {f.mount_namespace}",
         f"failed runs            {f.failed_runs}",
+        f"/healthz at the end    {f.healthz}",
     ]
     lines += [f"note                   {note}" for note in f.notes]
     problems = f.problems()

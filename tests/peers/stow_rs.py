@@ -81,10 +81,13 @@ class StowPeer:
                 if not peer.trickle_s:
                     self.wfile.write(payload)
                     return
-                for byte in payload:
-                    self.wfile.write(bytes([byte]))
-                    self.wfile.flush()
-                    time.sleep(peer.trickle_s)
+                try:
+                    for byte in payload:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(peer.trickle_s)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the sender gave up waiting: what a trickling server meets
 
             def log_message(self, *args: object) -> None:
                 pass
