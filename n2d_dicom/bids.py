@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from n2d_dicom.settings import N2DSettings
 
 
-class Datatype(str, Enum):
+class Datatype(str, Enum):  # noqa: UP042 (StrEnum would change what str() and f-strings give)
     """The datatypes whose images are denoised; others (fmap phase maps, perf...) are left alone."""
 
     ANAT = "anat"

@@ -16,7 +16,7 @@ from n2d_dicom.derive import DerivationSettings
 from n2d_dicom.errors import validation_problems
 from n2d_dicom.settings import N2DSettings
 from scp_server.ae_title import AETitle
-from scp_server.dicomweb import AnyDestination
+from scp_server.destinations import AnyDestination
 
 #: What makes a protocol for warm starts by default: scanner, kernel, slice size and spacing, description.
 WARM_START_KEY = (

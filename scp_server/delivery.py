@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scp_server.config import NodeSettings
-from scp_server.dicomweb import AnyDestination, DicomWebDestination, stow_files
+from scp_server.destinations import AnyDestination, DicomWebDestination
+from scp_server.dicomweb import stow_files
 from scp_server.leases import new_owner
 from scp_server.outbox import MISSING, Outbox, destination_key
 from scp_server.sender import SendResult, send_files

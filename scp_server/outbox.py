@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scp_server.dicomweb import AnyDestination, DicomWebDestination, parse_destination
+from scp_server.destinations import AnyDestination, parse_destination
 from scp_server.leases import owner_is_dead
 from scp_server.sender import SendResult
 from scp_server.sqlite import Database, Journal
@@ -61,9 +61,7 @@ MISSING = "derived file missing from the spool"
 
 def destination_key(destination: AnyDestination) -> str:
     """How rows name a destination: ``AE@host:port`` or a URL, unchanged by edits to its other fields."""
-    if isinstance(destination, DicomWebDestination):
-        return destination.key
-    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+    return destination.key
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydantic import BaseModel, ConfigDict, Field
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from scp_server.ae_title import AETitle
+from scp_server.destinations import Destination
 from scp_server.pynetdicom_internals import poll_for_readiness
 
 log = logging.getLogger(__name__)
@@ -35,46 +34,6 @@ log = logging.getLogger(__name__)
 DELIVERED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 #: pynetdicom proposes at most this many presentation contexts in one association.
 MAX_CONTEXTS = 128
-
-
-class DestinationTLS(BaseModel):
-    """DICOM over TLS towards a destination: its certificate is verified, ours shown if it asks."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ca_file: Path | None = Field(
-        None, description="PEM CA bundle that signed the destination's certificate; null: system CAs."
-    )
-    certificate: Path | None = Field(None, description="PEM client certificate, for mutual TLS.")
-    private_key: Path | None = Field(None, description="PEM key of that client certificate.")
-    server_name: str | None = Field(
-        None, description="Name to verify the destination's certificate against; null: its host."
-    )
-
-    def client_context(self) -> ssl.SSLContext:
-        """TLS 1.2 or newer, the destination's certificate and host name verified."""
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self.certificate is not None:
-            context.load_cert_chain(self.certificate, self.private_key)
-        return context
-
-
-class Destination(BaseModel):
-    """A peer that receives derived series (a PACS, a viewer, a research store)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ae_title: AETitle = Field(description="The destination's AE title.")
-    host: str = Field(description="Host name or address.")
-    port: int = Field(ge=1, le=65535, description="DICOM port.")
-    tls: DestinationTLS | None = Field(None, description="Send over TLS; null: plain TCP.")
-
-    def tls_args(self) -> tuple[ssl.SSLContext, str] | None:
-        """pynetdicom's ``tls_args`` for an association to this destination (None: plain TCP)."""
-        if self.tls is None:
-            return None
-        return self.tls.client_context(), self.tls.server_name or self.host
 
 
 @dataclass(frozen=True)

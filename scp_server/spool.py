@@ -40,7 +40,7 @@ from pydicom.uid import UID
 
 from n2d_dicom.atomic import TEMPORARY_SUFFIX, atomic_path
 from n2d_dicom.uids import printable, uid_problem
-from scp_server.sqlite import Database, Journal
+from scp_server.sqlite import Database, Journal, is_full
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class Spool:
         except sqlite3.Error as exc:  # e.g. the disk filled between file and row: keep neither
             if known is None:
                 path.unlink(missing_ok=True)
-            code = errno.ENOSPC if "full" in str(exc) else errno.EIO
+            code = errno.ENOSPC if is_full(exc) else errno.EIO
             raise OSError(code, f"spool index: {exc}") from exc
         return Outcome.NEW if known is None else Outcome.CHANGED
 

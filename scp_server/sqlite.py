@@ -18,6 +18,28 @@ Row = TypeVar("Row")
 BUSY_TIMEOUT_S = 30.0
 
 
+#: SQLite result codes (primary) that say "not now" about the database, not "this is wrong".
+TRANSIENT_CODES = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR}
+)
+
+
+def primary_code(exc: sqlite3.Error) -> int | None:
+    """The primary SQLite result code of ``exc`` (extended codes carry it in their low byte)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def is_transient(exc: sqlite3.Error) -> bool:
+    """Whether the database failed for now: full, busy, locked by another writer, or an I/O error."""
+    return primary_code(exc) in TRANSIENT_CODES
+
+
+def is_full(exc: sqlite3.Error) -> bool:
+    """Whether the database's disk (or its size limit) is full."""
+    return primary_code(exc) == sqlite3.SQLITE_FULL
+
+
 def open_database(path: Path, schema: str, journal: Journal = "wal") -> sqlite3.Connection:
     """A connection in autocommit mode with ``synchronous=FULL`` (a commit is on disk).
 

@@ -32,11 +32,12 @@ from n2d_dicom.measured import describe_measured, describe_split
 from n2d_dicom.pipeline import DerivedSeries, denoise_series
 from n2d_dicom.uids import printable
 from scp_server.config import NodeSettings, Route, route_for
-from scp_server.dicomweb import AnyDestination
+from scp_server.destinations import AnyDestination
 from scp_server.health import Backoff
 from scp_server.leases import new_owner, renewed
 from scp_server.run_summary import record
 from scp_server.spool import Spool
+from scp_server.sqlite import is_transient as sqlite_transient
 from scp_server.stores import Stores
 from scp_server.warm_start import WarmStartCache, protocol_key
 
@@ -294,9 +295,7 @@ def is_transient(exc: BaseException) -> bool:
     while exc is not None:
         if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
             return True
-        if isinstance(exc, sqlite3.OperationalError) and any(
-            word in str(exc) for word in ("full", "locked", "busy", "disk I/O")
-        ):
+        if isinstance(exc, sqlite3.Error) and sqlite_transient(exc):
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False

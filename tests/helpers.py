@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Iterable
@@ -93,3 +94,11 @@ def stop_processes(pids: list[int], grace_s: float = 10.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+
+
+def database_full() -> sqlite3.OperationalError:
+    """The error SQLite raises when its disk is full, result code included (as the node classifies it)."""
+    error = sqlite3.OperationalError("database or disk is full")
+    error.sqlite_errorcode = sqlite3.SQLITE_FULL
+    error.sqlite_errorname = "SQLITE_FULL"
+    return error

@@ -30,7 +30,8 @@ from n2d_dicom.derive import DerivationSettings, write_instances
 from n2d_dicom.dicom_read import read_dicom_files
 from n2d_dicom.pipeline import denoise_series
 from n2d_dicom.settings import N2DSettings
-from scp_server.sender import Destination, send_files
+from scp_server.destinations import Destination
+from scp_server.sender import send_files
 from tests.integration.orthanc_scenario import ORTHANC_DICOM, ORTHANC_HTTP, rest, wait
 from tests.n2d_dicom.conftest import write_ct_series
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from scp_server.dicomweb import DicomWebDestination, stow_files
+from scp_server.destinations import DicomWebDestination
+from scp_server.dicomweb import stow_files
 from scp_server.outbox import Outbox
 from tests.integration.orthanc_scenario import ORTHANC_DICOM, ORTHANC_HTTP, listening, wait
 from tests.n2d_dicom.conftest import write_ct_series

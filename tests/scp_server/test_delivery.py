@@ -10,9 +10,8 @@ import pytest
 
 from scp_server.config import NodeSettings
 from scp_server.delivery import Courier, deliver
-from scp_server.dicomweb import DicomWebDestination
+from scp_server.destinations import Destination, DicomWebDestination
 from scp_server.outbox import MISSING, Outbox
-from scp_server.sender import Destination
 from tests.helpers import free_port
 from tests.n2d_dicom.conftest import data_file, write_ct_series
 from tests.peers.stow_rs import StowPeer, stored

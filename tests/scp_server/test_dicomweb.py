@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from scp_server.config import NodeSettings, load_settings
-from scp_server.dicomweb import DicomWebDestination, parse_destination, stow_files
+from scp_server.destinations import DicomWebDestination, parse_destination
+from scp_server.dicomweb import stow_files
 from scp_server.outbox import destination_key
 from scp_server.tasks import RunPlan
 from tests.conftest import free_port

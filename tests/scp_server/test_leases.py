@@ -1,9 +1,9 @@
 """Claims and their renewal."""
 
-import sqlite3
 import threading
 
 from scp_server.leases import renewed
+from tests.helpers import database_full
 
 
 def test_a_renewal_that_raises_does_not_end_the_renewal_thread():
@@ -14,7 +14,7 @@ def test_a_renewal_that_raises_does_not_end_the_renewal_thread():
     def renew() -> bool:
         calls.append(1)
         if len(calls) <= 2:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise database_full()
         if len(calls) >= 4:
             enough.set()
         return True

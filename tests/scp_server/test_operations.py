@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from scp_server.config import NodeSettings
+from scp_server.destinations import Destination
 from scp_server.operations import apply_retention, node_status, purge, retry
-from scp_server.sender import Destination, SendResult
+from scp_server.sender import SendResult
 from scp_server.spool import StoredInstance
 from scp_server.stores import Stores
 from scp_server.tasks import Jobs, make_queue

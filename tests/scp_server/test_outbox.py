@@ -6,8 +6,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from scp_server.destinations import Destination, DestinationTLS
 from scp_server.outbox import Outbox, destination_key
-from scp_server.sender import Destination, DestinationTLS, SendResult
+from scp_server.sender import SendResult
 from tests.n2d_dicom.conftest import data_file
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)

@@ -1,7 +1,6 @@
 """The job's core without the queue: route, denoise, write, outbox, lease, on real stores and a real peer."""
 
 import errno
-import sqlite3
 from pathlib import Path
 
 import pydicom
@@ -16,7 +15,7 @@ from scp_server.outbox import destination_key
 from scp_server.spool import instance_of
 from scp_server.stores import Stores
 from scp_server.tasks import SeriesProcessor, plan_run
-from tests.helpers import free_port
+from tests.helpers import database_full, free_port
 from tests.n2d_dicom.conftest import write_ct_series
 
 CALLER = "CT01"
@@ -157,7 +156,7 @@ def test_an_outcome_that_cannot_be_recorded_at_once_is_recorded_when_the_databas
     def full_then_free(*args, **kwargs):
         calls.append(1)
         if len(calls) <= 2:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise database_full()
         return real(*args, **kwargs)
 
     opened.tracker.finish = full_then_free

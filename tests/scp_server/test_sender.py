@@ -9,7 +9,8 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
-from scp_server.sender import Destination, DestinationTLS, send_files
+from scp_server.destinations import Destination, DestinationTLS
+from scp_server.sender import send_files
 from tests.helpers import dcmtk, free_port
 from tests.n2d_dicom.conftest import data_file, write_ct_series
 

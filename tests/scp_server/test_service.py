@@ -1,7 +1,6 @@
 """The node's own duties beside receiving: finding work the queue lost."""
 
 import shutil
-import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -11,7 +10,7 @@ import pytest
 from scp_server.config import NodeSettings
 from scp_server.service import Node
 from scp_server.tracker import DueSeries
-from tests.helpers import free_port
+from tests.helpers import database_full, free_port
 
 
 @pytest.fixture
@@ -55,7 +54,7 @@ def failing_then_working(real, failures: int):
     def step(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] <= failures:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise database_full()
         return real(*args, **kwargs)
 
     return step

@@ -75,3 +75,30 @@ def test_a_row_the_caller_leaves_is_not_updated(tmp_path: Path) -> None:
     assert rows == [(2,)]
     assert database.query("SELECT id, state FROM jobs ORDER BY id") == [(1, "pending"), (2, "claimed")]
     database.close()
+
+
+def test_a_full_or_locked_database_is_transient_by_its_result_code_not_its_message(tmp_path):
+    """Transient errors were recognised by words in the message ("full", "locked"...)."""
+    import sqlite3
+
+    from scp_server.sqlite import is_full, is_transient
+
+    full = sqlite3.connect(tmp_path / "small.sqlite3")
+    full.execute("PRAGMA max_page_count = 2")
+    full.execute("CREATE TABLE t (x BLOB)")
+    with pytest.raises(sqlite3.OperationalError) as filled:
+        for _ in range(100):
+            full.execute("INSERT INTO t VALUES (?)", (bytes(4096),))
+    assert is_full(filled.value) and is_transient(filled.value)
+
+    holder = sqlite3.connect(tmp_path / "shared.sqlite3", isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        sqlite3.connect(tmp_path / "shared.sqlite3", timeout=0).execute("INSERT INTO t VALUES (1)")
+    assert is_transient(locked.value) and not is_full(locked.value)
+
+    with pytest.raises(sqlite3.OperationalError) as wrong:
+        full.execute("SELECT * FROM no_such_table")
+    assert not is_transient(wrong.value)
+    assert not is_transient(sqlite3.OperationalError("database or disk is full"))  # words alone: no
