@@ -164,11 +164,15 @@ def load(
 @contextmanager
 def open_stores(settings: NodeSettings) -> Iterator[Stores]:
     """The node's stores, closed afterwards; a spool that does not exist is an error, not created."""
+    from scp_server.sqlite import SchemaMismatch
     from scp_server.stores import Stores
 
     if not settings.spool_dir.is_dir():
         fail(f"{settings.spool_dir}: no spool here (is --config the node's configuration?)")
-    stores = Stores.open(settings)
+    try:
+        stores = Stores.open(settings)
+    except SchemaMismatch as exc:
+        fail(str(exc))
     try:
         yield stores
     finally:

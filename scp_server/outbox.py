@@ -47,13 +47,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_by_series ON outbox (series_instance_uid);
 """
-#: Rows written before destinations had a key held the destination's JSON in ``destination``.
-REKEY_OLD_ROWS = """
-UPDATE outbox SET destination_json = destination,
-    destination = json_extract(destination, '$.ae_title') || '@' || json_extract(destination, '$.host')
-        || ':' || json_extract(destination, '$.port')
-WHERE destination LIKE '{%'
-"""
+#: The schema's version (PRAGMA user_version): a file of another version is refused.
+SCHEMA_VERSION = 1
 
 #: A missing derived file cannot be sent by anyone; recorded as refused with this error.
 MISSING = "derived file missing from the spool"
@@ -80,8 +75,7 @@ class Outbox:
     """What must go where, and what happened when it was tried."""
 
     def __init__(self, database: Path, journal: Journal = "wal") -> None:
-        self._db = Database(database, SCHEMA, journal, {"outbox": {"destination_json": "TEXT"}})
-        self._db.execute(REKEY_OLD_ROWS)
+        self._db = Database(database, SCHEMA, journal, SCHEMA_VERSION)
 
     def close(self) -> None:
         self._db.close()

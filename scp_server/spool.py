@@ -44,6 +44,8 @@ from scp_server.sqlite import Database, Journal, is_full
 
 log = logging.getLogger(__name__)
 
+#: The schema's version (PRAGMA user_version): a file of another version is refused.
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -173,9 +175,7 @@ class Spool:
         self.quarantine_dir = root / "quarantine"
         for folder in (self.instances_dir, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        self._db = Database(
-            root / "index.sqlite3", SCHEMA, journal, {"instances": {"pixel_hash": "TEXT NOT NULL DEFAULT ''"}}
-        )
+        self._db = Database(root / "index.sqlite3", SCHEMA, journal, SCHEMA_VERSION)
 
     def close(self) -> None:
         """Close the index (the files need no closing)."""
@@ -196,8 +196,8 @@ class Spool:
             raise InvalidIdentifiers(
                 f"SOPInstanceUID {instance.sop_instance_uid} is already stored in another series ({known[0]})"
             )
-        if known is not None and known[1] in ("", instance.pixel_hash):
-            return Outcome.DUPLICATE  # an index row from before hashes were kept counts as the same
+        if known is not None and known[1] == instance.pixel_hash:
+            return Outcome.DUPLICATE
         path = self.instance_path(instance)
         with atomic_path(path, private=True) as tmp:
             tmp.write_bytes(encoded)
@@ -309,8 +309,8 @@ class Spool:
         """Index files a crash left stored but unindexed, drop temporary files; returns files indexed.
 
         Only names :func:`n2d_dicom.atomic.atomic_path` gives its temporaries are
-        deleted; a file that cannot be indexed (unreadable, or invalid UIDs, as an
-        older version may have stored) is left in place and logged.
+        deleted; a file that cannot be indexed (unreadable, or with invalid UIDs:
+        put there by hand, say) is left in place and logged.
         """
         indexed = 0
         for path in self.instances_dir.rglob("*"):

@@ -40,28 +40,52 @@ def is_full(exc: sqlite3.Error) -> bool:
     return primary_code(exc) == sqlite3.SQLITE_FULL
 
 
-def open_database(path: Path, schema: str, journal: Journal = "wal") -> sqlite3.Connection:
-    """A connection in autocommit mode with ``synchronous=FULL`` (a commit is on disk).
+class SchemaMismatch(ValueError):
+    """A store's file was written with another schema than this n2d-dicom's; the message says which."""
+
+
+def open_database(path: Path, schema: str, journal: Journal = "wal", version: int = 1) -> sqlite3.Connection:
+    """A connection in autocommit mode with ``synchronous=FULL`` (a commit is on disk), schema in place.
 
     The connection is shared by pynetdicom's association threads and the worker,
     so callers serialise access with their own lock; other processes (``n2d
     worker``, ``n2d status``) open their own and SQLite's file locks order them.
     WAL needs shared memory, which network filesystems do not have: a spool
-    shared by several machines uses the ``delete`` journal.
+    shared by several machines uses the ``delete`` journal. A new file gets
+    ``schema`` and ``PRAGMA user_version = version``; an existing one must carry
+    that version (:class:`SchemaMismatch` otherwise: there are no migrations).
     """
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
     connection.execute(f"PRAGMA journal_mode={'WAL' if journal == 'wal' else 'DELETE'}")
     connection.execute("PRAGMA synchronous=FULL")
-    connection.executescript(schema)
+    try:
+        _schema_in_place(connection, path, schema, version)
+    except BaseException:
+        connection.close()
+        raise
     return connection
 
 
-def add_missing_columns(connection: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
-    """Add ``columns`` (name -> declaration) that ``table`` lacks: older versions' spools open as-is."""
-    present = {str(row[1]) for row in connection.execute(f"PRAGMA table_info({table})")}
-    for name, declaration in columns.items():
-        if name not in present:
-            connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+def _schema_in_place(connection: sqlite3.Connection, path: Path, schema: str, version: int) -> None:
+    """Create the schema in a new file, or check an existing file's version; one writer at a time."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        tables = int(connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0])
+        if found == 0 and tables == 0:
+            for statement in filter(str.strip, schema.split(";")):  # the schemas hold no other ";"
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {int(version)}")
+        elif found != version:
+            written = f"with schema version {found}" if found else "with no schema version"
+            raise SchemaMismatch(
+                f"{path}: written {written}, this n2d-dicom reads version {version}; "
+                "give the node a new spool_dir (or run the n2d-dicom that wrote it)"
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
 
 
 class Database:
@@ -74,18 +98,10 @@ class Database:
     not interleave with another thread's (a read and the updates it decides).
     """
 
-    def __init__(
-        self,
-        path: Path,
-        schema: str,
-        journal: Journal = "wal",
-        added_columns: dict[str, dict[str, str]] | None = None,
-    ) -> None:
-        """Open ``path`` with ``schema``; ``added_columns`` maps a table to columns newer versions added."""
+    def __init__(self, path: Path, schema: str, journal: Journal = "wal", version: int = 1) -> None:
+        """Open ``path`` with ``schema`` at schema ``version`` (see :func:`open_database`)."""
         self._lock = threading.Lock()
-        self._connection = open_database(path, schema, journal)
-        for table, columns in (added_columns or {}).items():
-            add_missing_columns(self._connection, table, columns)
+        self._connection = open_database(path, schema, journal, version)
 
     def close(self) -> None:
         """Close the connection (waiting for a statement another thread is running)."""

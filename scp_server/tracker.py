@@ -56,11 +56,12 @@ CREATE TABLE IF NOT EXISTS series (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     interrupted INTEGER NOT NULL DEFAULT 0,
-    plan TEXT
+    plan TEXT,
+    summary TEXT
 );
 """
-#: Columns added since the first schema, for spools written by older versions.
-ADDED_COLUMNS = {"interrupted": "INTEGER NOT NULL DEFAULT 0", "plan": "TEXT", "summary": "TEXT"}
+#: The schema's version (PRAGMA user_version): a file of another version is refused.
+SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class SeriesTracker:
         self.max_wait_s = max_wait_s
         self.aborted_grace_s = aborted_grace_s
         self._clock = clock
-        self._db = Database(database, SCHEMA, journal, {"series": ADDED_COLUMNS})
+        self._db = Database(database, SCHEMA, journal, SCHEMA_VERSION)
 
     def close(self) -> None:
         self._db.close()
@@ -182,8 +183,7 @@ class SeriesTracker:
     def close_dead_associations(self) -> int:
         """Close, as aborted, the open associations of processes of this host that no longer exist.
 
-        Keys that name no process (written by an older version) count as dead:
-        only the running process can hold an association. Returns how many were closed.
+        Returns how many were closed.
         """
         rows = self._db.query(
             "SELECT open_associations FROM series WHERE state = 'receiving' AND open_associations != ''"
@@ -192,7 +192,7 @@ class SeriesTracker:
             key
             for (open_associations,) in rows
             for key in open_associations.split(",")
-            if key and (key.count(":") < 2 or owner_is_dead(key))
+            if key and owner_is_dead(key)
         }
         for key in dead:
             self.association_aborted(key)

@@ -1,5 +1,4 @@
 import socket
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -102,28 +101,6 @@ def test_a_claim_can_be_limited_to_one_series(outbox, tmp_path):
     outbox.add(items(tmp_path, "1.1"), PACS, "9.1")
     outbox.add(items(tmp_path, "2.1"), PACS, "9.2")
     assert [p.name for p in outbox.claim("w:1:a", 60, series_instance_uid="9.2")[PACS]] == ["2.1.dcm"]
-
-
-def test_rows_written_by_an_older_version_are_keyed_again(tmp_path):
-    database = tmp_path / "outbox.sqlite3"
-    old = sqlite3.connect(database)
-    old.execute(
-        "CREATE TABLE outbox (sop_instance_uid TEXT NOT NULL, destination TEXT NOT NULL, path TEXT NOT NULL, "
-        "series_instance_uid TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending', status INTEGER, "
-        "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, updated_at REAL NOT NULL, owner TEXT, "
-        "claimed_until REAL, PRIMARY KEY (sop_instance_uid, destination))"
-    )
-    old.execute(
-        "INSERT INTO outbox (sop_instance_uid, destination, path, series_instance_uid, updated_at) "
-        "VALUES ('1.1', ?, '/x/1.1.dcm', '9.1', 0)",
-        (PACS.model_dump_json(),),
-    )
-    old.commit()
-    old.close()
-    outbox = Outbox(database)
-    assert outbox.counts() == {"PACS@127.0.0.1:104": {"pending": 1}}
-    assert list(outbox.claim("w:1:a", 60)) == [PACS]
-    outbox.close()
 
 
 def write_ct(path: Path, sop_instance_uid: str) -> None:

@@ -41,7 +41,7 @@ def test_recover_keeps_files_that_are_not_its_temporaries(tmp_path):
     spool = Spool(tmp_path)
     folder = spool.instances_dir / "1.2.3"
     folder.mkdir(parents=True)
-    legacy = folder / ".5.6.dcm"  # as an older version stored SOP Instance UID .5.6
+    legacy = folder / ".5.6.dcm"  # SOP Instance UID .5.6, put there by hand or by another tool
     pydicom.dcmread(data_file("CT_small.dcm")).save_as(legacy, enforce_file_format=True)
     spool.recover()
     assert legacy.is_file()

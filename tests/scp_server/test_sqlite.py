@@ -14,18 +14,6 @@ SCHEMA = "CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, state TEXT NO
 ROWS = 200
 
 
-def test_columns_a_newer_version_added_appear_in_an_older_file(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    old = Database(path, SCHEMA)
-    old.execute("INSERT INTO jobs (state) VALUES ('pending')")
-    old.close()
-
-    new = Database(path, SCHEMA, added_columns={"jobs": {"note": "TEXT NOT NULL DEFAULT 'none'"}})
-
-    assert new.query("SELECT id, state, note FROM jobs") == [(1, "pending", "none")]
-    new.close()
-
-
 @pytest.mark.slow
 def test_claimers_on_separate_connections_each_get_a_row_once(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
@@ -102,3 +90,34 @@ def test_a_full_or_locked_database_is_transient_by_its_result_code_not_its_messa
         full.execute("SELECT * FROM no_such_table")
     assert not is_transient(wrong.value)
     assert not is_transient(sqlite3.OperationalError("database or disk is full"))  # words alone: no
+
+
+def test_a_store_written_by_another_schema_version_is_refused_with_a_clear_error(tmp_path):
+    """Each store has one schema and a PRAGMA user_version; no migrations from versions never released."""
+    import sqlite3
+
+    from scp_server.sqlite import Database, SchemaMismatch
+
+    schema = "CREATE TABLE IF NOT EXISTS t (x INTEGER);"
+    path = tmp_path / "store.sqlite3"
+    Database(path, schema, version=1).close()
+    Database(path, schema, version=1).close()  # reopened as it was written
+    with pytest.raises(SchemaMismatch, match=r"store.sqlite3: written with schema version 1, this n2d-dicom"):
+        Database(path, schema, version=2)
+    unversioned = tmp_path / "unversioned.sqlite3"
+    sqlite3.connect(unversioned).execute("CREATE TABLE t (x INTEGER)").connection.close()
+    with pytest.raises(SchemaMismatch, match="no schema version"):
+        Database(unversioned, schema, version=1)
+
+
+def test_two_processes_opening_a_new_store_at_once_both_succeed(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scp_server.sqlite import Database
+
+    schema = "CREATE TABLE IF NOT EXISTS t (x INTEGER); CREATE INDEX IF NOT EXISTS t_x ON t (x);"
+    with ThreadPoolExecutor(8) as pool:
+        opened = list(pool.map(lambda _: Database(tmp_path / "new.sqlite3", schema, version=3), range(8)))
+    for database in opened:
+        assert database.query("PRAGMA user_version") == [(3,)]
+        database.close()
