@@ -33,7 +33,6 @@ written uncompressed.
 from __future__ import annotations
 
 import copy
-import hashlib
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +48,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, gen
 
 from n2d_dicom import __version__
 from n2d_dicom.atomic import atomic_path
+from n2d_dicom.identity import pixel_hash
 from n2d_dicom.measured import (
     Measured,
     anscombe_applied,
@@ -187,11 +187,6 @@ def derivation_description(provenance: Provenance) -> str:
         f"{n2d.precision} on {provenance.device}"
         + (f"; measured: {describe_measured(provenance.measured)}" if provenance.measured else "")
     )
-
-
-def pixel_hash(source: Dataset) -> str:
-    """SHA-256 of the source's Pixel Data as stored (hex, 64 characters)."""
-    return hashlib.sha256(bytes(source.PixelData)).hexdigest()
 
 
 def new_uid(settings: DerivationSettings, identity: str | None = None) -> str:

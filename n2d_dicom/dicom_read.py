@@ -53,13 +53,13 @@ import pydicom
 from pydicom.datadict import dictionary_description
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from n2d_dicom.identity import element_values, identifier_problem
 from n2d_dicom.pydicom_warnings import recorded
 from n2d_dicom.sop_classes import is_denoisable
-from n2d_dicom.uids import printable, uid_problem
+from n2d_dicom.uids import printable
 from n2d_dicom.volume import SliceSource, Volume
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
@@ -81,7 +81,6 @@ COLOUR = (
 #: Bits Allocated of the grayscale images read (1-bit objects are segmentations and overlays).
 BITS_ALLOCATED = (8, 16, 32)
 #: The identifiers every file needs, checked with :func:`n2d_dicom.uids.uid_problem`.
-IDENTIFIERS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 #: Largest decoded object read, in bytes: more is a broken header, not an image to denoise.
 MAX_PIXEL_BYTES = 2**32
 #: How far each direction cosine vector may be from unit length, and the two from perpendicular.
@@ -337,7 +336,7 @@ def _checked_frames(dataset: Dataset, path: Path) -> list[Frame]:
             f"{_name('PerFrameFunctionalGroupsSequence')} has {len(per_frame)} item(s) "
             f"for {frames} frame(s) (Number of Frames)"
         )
-    _check_values(dataset, "")
+    _checkelement_values(dataset, "")
     _check_integer_labels(dataset)
     for sequence, where in (
         ("SharedFunctionalGroupsSequence", " in the shared functional groups"),
@@ -347,7 +346,7 @@ def _checked_frames(dataset: Dataset, path: Path) -> list[Frame]:
             for element in group:
                 if element.VR == "SQ":
                     for item in element.value or []:
-                        _check_values(item, where.format(number))
+                        _checkelement_values(item, where.format(number))
 
     pixels = _stored_pixels(dataset)
     if pixels.size != frames * rows * columns:
@@ -367,19 +366,17 @@ def _checked_frames(dataset: Dataset, path: Path) -> list[Frame]:
 
 
 def _check_identifiers(dataset: Dataset) -> None:
-    for keyword in IDENTIFIERS:
-        values = _values(dataset.get(keyword))
-        if not values:
-            raise _Unusable(f"no {_name(keyword)}")
-        text = "\\".join(str(v) for v in values)
-        problem = uid_problem(text)
-        if problem is not None:
-            raise _Unusable(f"{_name(keyword)} '{printable(text)}' is not a valid UID ({problem})")
+    found = identifier_problem(dataset)
+    if found is None:
+        return
+    if found.value is None:
+        raise _Unusable(f"no {_name(found.keyword)}")
+    raise _Unusable(f"{_name(found.keyword)} '{printable(found.value)}' is not a valid UID ({found.problem})")
 
 
 def _check_pixel_description(dataset: Dataset) -> tuple[int, int, int]:
     """Rows, columns and frames, once the attributes that describe the pixel data make sense."""
-    photometric = _values(dataset.get("PhotometricInterpretation"))
+    photometric = element_values(dataset.get("PhotometricInterpretation"))
     name = _name("PhotometricInterpretation")
     if "PhotometricInterpretation" not in dataset:
         raise _Unusable(f"no {name}")
@@ -421,7 +418,7 @@ def _check_pixel_description(dataset: Dataset) -> tuple[int, int, int]:
     return rows, columns, frames
 
 
-def _check_values(item: Dataset, where: str) -> None:
+def _checkelement_values(item: Dataset, where: str) -> None:
     """Spacing, thickness, rescale and window values of one dataset or functional group item."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         spacing = _decimals(item, keyword, 2, where)  # 0\\0 is written for 'unknown' by some CR units
@@ -510,15 +507,6 @@ def _frame_attribute(frame: Frame, group: str, keyword: str) -> Sequence[float] 
     return None if item is None else item.get(keyword)  # type: ignore[no-any-return]
 
 
-def _values(value: Any) -> list[Any]:
-    """An element's value as a list: empty for an empty value, one item for a single value."""
-    if value is None or (isinstance(value, str | bytes) and not value.strip()):
-        return []
-    if isinstance(value, MultiValue | list | tuple):
-        return list(value)
-    return [value]
-
-
 def _integer(
     item: Dataset,
     keyword: str,
@@ -533,7 +521,7 @@ def _integer(
         if required:
             raise _Unusable(f"no {name}")
         return None
-    values = _values(item[keyword].value)
+    values = element_values(item[keyword].value)
     if not values:
         if required:
             raise _Unusable(f"{name} is empty")
@@ -556,7 +544,7 @@ def _decimals(item: Dataset, keyword: str, count: int | None, where: str) -> lis
     """The finite numbers of ``keyword`` (``count`` of them where given); ``None`` if absent or empty."""
     if keyword not in item:
         return None
-    values = _values(item[keyword].value)
+    values = element_values(item[keyword].value)
     if not values:
         return None
     name = _name(keyword)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import hashlib
 import logging
 import sqlite3
 import time
@@ -39,6 +38,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from n2d_dicom.atomic import TEMPORARY_SUFFIX, atomic_path
+from n2d_dicom.identity import identifier_problem, pixel_hash
 from n2d_dicom.uids import printable, uid_problem
 from scp_server.sqlite import Database, Journal, is_full
 
@@ -69,9 +69,6 @@ CREATE TABLE IF NOT EXISTS quarantine (
 
 
 #: Identifiers every stored instance must have, each a valid UID.
-IDENTIFIERS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "SOPClassUID")
-#: Pixel data elements whose value the duplicate check hashes.
-PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 class InvalidIdentifiers(ValueError):
@@ -336,31 +333,20 @@ def instance_of(dataset: pydicom.Dataset) -> StoredInstance:
 
     Raises :class:`InvalidIdentifiers` naming the first identifier missing or invalid.
     """
-    values = {}
-    for keyword in IDENTIFIERS:
-        value = dataset.get(keyword)
-        if not value:
-            raise InvalidIdentifiers(f"missing {keyword}")
-        problem = uid_problem(str(value))
-        if problem is not None:
-            raise InvalidIdentifiers(f"{keyword} {printable(str(value))} is not a valid UID ({problem})")
-        values[keyword] = str(value)
+    found = identifier_problem(dataset)
+    if found is not None and found.value is None:
+        raise InvalidIdentifiers(f"missing {found.keyword}")
+    if found is not None:
+        raise InvalidIdentifiers(
+            f"{found.keyword} {printable(str(found.value))} is not a valid UID ({found.problem})"
+        )
     return StoredInstance(
-        values["SOPInstanceUID"],
-        values["SeriesInstanceUID"],
-        values["StudyInstanceUID"],
-        values["SOPClassUID"],
+        str(dataset.SOPInstanceUID),
+        str(dataset.SeriesInstanceUID),
+        str(dataset.StudyInstanceUID),
+        str(dataset.SOPClassUID),
         pixel_hash(dataset),
     )
-
-
-def pixel_hash(dataset: pydicom.Dataset) -> str:
-    """SHA-256 of the pixel data element's value as received ("" when there is none)."""
-    for keyword in PIXEL_ELEMENTS:
-        if keyword in dataset:
-            value = dataset[keyword].value
-            return hashlib.sha256(value if isinstance(value, bytes) else bytes(value or b"")).hexdigest()
-    return ""
 
 
 def remove_empty_folder(folder: Path) -> None:
