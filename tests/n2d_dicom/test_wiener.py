@@ -154,3 +154,17 @@ def test_the_engine_runs_without_pywavelets():
         "assert out.shape == (1, 24, 24)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stride", [1, 2])
+def test_on_a_gpu_the_wiener_step_gives_what_it_gives_on_the_cpu(stride):
+    """Issue 29: the step runs on the pilot's device; white (stride 1) and correlated (2) noise."""
+    clean = real_crop("CT_small.dcm", 64)
+    noise = "gaussian" if stride == 1 else "correlated"
+    noisy = torch.from_numpy(np.concatenate([add_noise(clean, noise, seed=s) for s in (1, 2)])).float()
+    pilot = torch.from_numpy(np.concatenate([clean, clean])).float()
+    on_cpu, side_cpu = wiener_refine(noisy, pilot, stride)
+    on_gpu, side_gpu = wiener_refine(noisy.cuda(), pilot.cuda(), stride)
+    assert on_gpu.device.type == "cuda" and side_gpu == side_cpu
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=0)
