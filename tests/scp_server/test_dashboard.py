@@ -15,6 +15,7 @@ from PIL import Image
 
 from scp_server.config import NodeSettings
 from scp_server.dashboard import Dashboard, PageData, render
+from scp_server.delivery import deliver
 from scp_server.operations import NodeStatus, apply_retention, node_status
 from scp_server.run_summary import RunSummary, preview_folder, preview_key
 from scp_server.service import Node
@@ -66,6 +67,7 @@ def process(tmp_path: Path, **overrides: object) -> tuple[NodeSettings, Stores, 
     stores.tracker.quiet_period_s = 0
     (due,) = stores.tracker.claim_due()
     SeriesProcessor(settings, stores, torch.device("cpu"))(due.series_instance_uid, due.run)
+    deliver(settings, stores.outbox, attempts=1)  # the node's sending thread, to a PACS that is down
     return settings, stores, due.series_instance_uid, [pydicom.dcmread(p) for p in sources]
 
 
