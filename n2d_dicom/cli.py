@@ -46,9 +46,9 @@ DERIVATION_FLAGS = {"series_description_suffix": "--description-suffix"}
 @contextmanager
 def work_bar(total: int | None, enabled: bool, plan: str = "") -> Iterator[Callable[[int, str], None]]:
     """A tqdm bar on stderr over the engine's work units (training steps, inference passes, non-local
-    means, the Wiener step: :func:`~n2d_dicom.engine.work_units`), ``plan`` (the mode and steps that
-    will run, known from the start) and what runs as its description; its rate, and so its ETA,
-    comes from the first units done."""
+    means, the Wiener step, each counted by what it costs: :func:`~n2d_dicom.engine.work_units`),
+    ``plan`` (the mode and steps that will run, known from the start) and what runs as its
+    description; its rate, and so its ETA, comes from the first units done."""
     prefix = f"{plan}: " if plan else ""
     with tqdm(total=total, unit="unit", disable=not enabled, file=sys.stderr, dynamic_ncols=True) as bar:
         shown = [""]
@@ -349,12 +349,11 @@ def demo(
     device: DeviceOption = "auto",
 ) -> None:
     """Make a noisy 8-slice CT-like phantom, denoise it, and print PSNR before and after."""
-    from n2d_dicom.tools.demo import DEMO_SLICES, run_demo
+    from n2d_dicom.engine import work_units
+    from n2d_dicom.tools.demo import DEMO_SIDE, DEMO_SLICES, run_demo
 
     torch_device = guarded(lambda: resolve_device(device))
-    from n2d_dicom.engine import work_units
-
-    with work_bar(work_units(DEMO_SLICES, settings), True) as advance:
+    with work_bar(work_units(DEMO_SLICES, settings, DEMO_SIDE * DEMO_SIDE), True) as advance:
         output, before, after = run_demo(directory, settings, torch_device, progress=advance)
     typer.echo(
         f"{output}: PSNR {before:.2f} dB noisy -> {after:.2f} dB denoised ({settings.mode}, {torch_device})"

@@ -334,28 +334,57 @@ def pad_to_multiple(slices: Tensor, multiple: int = SIDE_MULTIPLE) -> tuple[Tens
     return slices, h, w
 
 
-def work_units(slices: int, settings: N2DSettings) -> int:
-    """The work units of denoising a stack of ``slices`` slices, known before it starts.
+#: Pixels of a slice that cost one work unit (about one per-series training step), by kind of work,
+#: measured on a 2-core CPU (docs/benchmarks.md, "What the progress bar counts"): a pass over a
+#: slice counts its pixels over this, at least 1, so that the bar's rate, and so its ETA, holds
+#: from training to the Wiener step.
+PIXELS_PER_UNIT = {
+    "noise": 19_000,  # the noise measurement of a stack, by the pixels of one slice
+    "slice step": 124_000,  # one Adam step of one slice's networks (per-slice mode)
+    "inference": 190_000,  # one inference stage over one slice
+    "nlm": 49_000,  # non-local means of one slice
+    "wiener": 12_000,  # the Wiener step on one slice
+}
 
-    One for measuring the noise; one per Adam step of each network (per-slice mode: of each
-    slice's network, a step of ``k`` slices side by side counting ``k``); one per slice for each
-    inference stage (stage 1's estimate, stage 2's refinement, stage 3's restoration), for
-    non-local means and for the Wiener step. Steps early stopping saved count as done when it stops,
-    so the count always ends at this total.
+
+@dataclass(frozen=True)
+class WorkCost:
+    """Work units of each kind of work on slices of ``pixels`` pixels (see :data:`PIXELS_PER_UNIT`)."""
+
+    pixels: int
+
+    def of(self, kind: str) -> int:
+        return max(1, round(self.pixels / PIXELS_PER_UNIT[kind]))
+
+
+def work_units(slices: int, settings: N2DSettings, pixels: int) -> int:
+    """The work units of denoising a stack of ``slices`` slices of ``pixels`` pixels, known before it starts.
+
+    Each kind of work counts what it costs (:class:`WorkCost`): the noise measurement; each Adam
+    step of each network (per-series mode: one; per-slice mode: of each slice's network); each
+    inference stage (stage 1's estimate, stage 2's refinement, stage 3's restoration), non-local
+    means and the Wiener step, on each slice. Steps early stopping saved count as done when it
+    stops, so the count always ends at this total.
     """
+    cost = WorkCost(pixels)
     stage1 = settings.pipeline == "stage1"
     settings = settings.for_stack(slices)
-    steps = settings.steps * (1 if stage1 else 2) * (slices if settings.mode == "per-slice" else 1)
-    passes = 1 if stage1 else 3
-    extras = int(settings.nlm_blend > 0 and not stage1) + int(settings.wiener)
-    return 1 + steps + slices * (passes + extras)
+    per_slice = settings.mode == "per-slice"
+    step = cost.of("slice step") * slices if per_slice else 1
+    steps = settings.steps * (1 if stage1 else 2) * step
+    passes = (1 if stage1 else 3) * cost.of("inference")
+    extras = int(settings.nlm_blend > 0 and not stage1) * cost.of("nlm") + int(settings.wiener) * cost.of(
+        "wiener"
+    )
+    return cost.of("noise") + steps + slices * (passes + extras)
 
 
 class Clock:
     """One stack's seconds per phase (for :class:`Measured`) and work units done (for ``progress``)."""
 
-    def __init__(self, progress: Progress | None) -> None:
+    def __init__(self, progress: Progress | None, cost: WorkCost) -> None:
         self.progress = progress
+        self.cost = cost
         self.seconds: dict[str, float] = {}
 
     @contextmanager
@@ -419,7 +448,7 @@ def denoise_slices(
     """
     if noisy.ndim != 3:
         raise ValueError(f"expected (slices, rows, columns), got shape {tuple(noisy.shape)}")
-    clock = Clock(progress)
+    clock = Clock(progress, WorkCost(noisy.shape[1] * noisy.shape[2]))
     precision = resolve_precision(settings.precision, device)
     settings = settings.for_stack(noisy.shape[0]).model_copy(update={"precision": precision})
     with clock.phase("noise", PHASE_NAMES["noise"]):
@@ -428,7 +457,7 @@ def denoise_slices(
         stabiliser = None if magnitude else stabiliser_for(sample, settings.anscombe)
         stabilised = noisy if stabiliser is None else stabiliser.forward(noisy)
         stride = sampling_stride(spread_slices(stabilised), settings)
-    clock.advance(1, PHASE_NAMES["noise"])
+    clock.advance(clock.cost.of("noise"), PHASE_NAMES["noise"])
     out, trained, side = _denoise_stabilised(stabilised, stride, settings, device, clock, start)
     if report:
         report(
@@ -491,7 +520,7 @@ def _denoise_stabilised(
     if settings.wiener:
         with clock.phase("wiener", PHASE_NAMES["wiener"]):
             out, side = wiener_refine(noisy, out, stride)
-        clock.advance(noisy.shape[0], PHASE_NAMES["wiener"])
+        clock.advance(noisy.shape[0] * clock.cost.of("wiener"), PHASE_NAMES["wiener"])
     return out.cpu(), trained, side
 
 
@@ -544,7 +573,7 @@ def _run_stages(
         return lambda: random_crops(inputs, targets, sampler, count, side)
 
     def stepped(label: str) -> Callable[[int], None]:
-        return lambda n: clock.advance(n * k, label)
+        return lambda n: clock.advance(n * k * clock.cost.of("slice step"), label)
 
     with clock.phase("training", "training stage 1"):
         f = new_networks(seeds, settings, device)
@@ -553,23 +582,23 @@ def _run_stages(
         )
     with clock.phase("inference", "stage 1 estimate"):
         d1 = first_estimate(f, noisy, settings.precision)
-    clock.advance(k, "stage 1 estimate")
+    clock.advance(k * clock.cost.of("inference"), "stage 1 estimate")
     if settings.pipeline == "stage1":
         return d1, (f_steps,)
     with clock.phase("inference", "stage 2 refinement"):
         d2 = refinements(f, noisy, d1, settings.precision)
-    clock.advance(k, "stage 2 refinement")
+    clock.advance(k * clock.cost.of("inference"), "stage 2 refinement")
     if settings.nlm_blend > 0:
         with clock.phase("nlm", PHASE_NAMES["nlm"]):
             d2 = blend_nlm(noisy, d2, settings.nlm_blend)
-        clock.advance(k, PHASE_NAMES["nlm"])
+        clock.advance(k * clock.cost.of("nlm"), PHASE_NAMES["nlm"])
     g_seeds = [s + DETAIL_SEED_OFFSET for s in seeds]
     with clock.phase("training", "training stage 3"):
         g = new_networks(g_seeds, settings, device)
         g_steps = train(g, stage3_loss, draw(d2, noisy), settings, device, None, stepped("training stage 3"))
     with clock.phase("inference", "stage 3 restoration"):
         out = restore_detail(g, d2, settings.precision)
-    clock.advance(k, "stage 3 restoration")
+    clock.advance(k * clock.cost.of("inference"), "stage 3 restoration")
     return out, (f_steps, g_steps)
 
 
@@ -700,8 +729,8 @@ def _denoise_per_series(
 
     chunks = list(torch.split(volume, settings.slice_batch))
 
-    def each_chunk(label: str) -> Callable[[], None]:
-        return clock.share(label, count, len(chunks))
+    def each_chunk(label: str, kind: str = "inference") -> Callable[[], None]:
+        return clock.share(label, count * clock.cost.of(kind), len(chunks))
 
     with clock.phase("training", "training stage 1"):
         f = warm[0] if warm else new_networks([settings.seed], settings, device)
@@ -731,7 +760,7 @@ def _denoise_per_series(
             done()
     if settings.nlm_blend > 0:
         with clock.phase("nlm", PHASE_NAMES["nlm"]):
-            done = each_chunk(PHASE_NAMES["nlm"])
+            done = each_chunk(PHASE_NAMES["nlm"], "nlm")
             for i, c in enumerate(chunks):
                 smooth[i] = blend_nlm(c, smooth[i], settings.nlm_blend)
                 done()

@@ -62,9 +62,10 @@ def denoise_stack(
 def volume_work(shape: tuple[int, ...], axis: int, settings: N2DSettings) -> int:
     """Work units (:func:`~n2d_dicom.engine.work_units`) of :func:`denoise_volume_array` on ``shape``."""
     if len(shape) == 2:
-        return work_units(1, settings)
+        return work_units(1, settings, shape[0] * shape[1])
     volumes = shape[3] if len(shape) == 4 else 1
-    return volumes * work_units(shape[axis], settings)
+    in_plane = [side for number, side in enumerate(shape[:3]) if number != axis]
+    return volumes * work_units(shape[axis], settings, in_plane[0] * in_plane[1])
 
 
 def series_work(series: DicomSeries, settings: N2DSettings) -> int:
@@ -73,7 +74,7 @@ def series_work(series: DicomSeries, settings: N2DSettings) -> int:
     sizes: dict[tuple[int, ...], int] = defaultdict(int)
     for frame in series.frames:
         sizes[frame.pixels.shape] += 1
-    return sum(work_units(count, settings) for count in sizes.values())
+    return sum(work_units(count, settings, shape[0] * shape[1]) for shape, count in sizes.items())
 
 
 def denoise_volume_array(

@@ -89,7 +89,7 @@ def test_per_series_mode_and_progress_bar(volume, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     # The bar counts work units (steps, inference passes, non-local means, Wiener), not slices.
-    total = work_units(2, N2DSettings(iterations=3, mode="per-series"))
+    total = work_units(2, N2DSettings(iterations=3, mode="per-series"), 16 * 16)
     assert f"{total}/{total}" in result.stderr  # tqdm's final count
     assert "Wiener step" in result.stderr  # the phase is the bar's description
     assert "per-series, 3 steps: training stage 1" in result.stderr  # the mode from the start

@@ -6,7 +6,15 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from n2d_dicom.engine import EarlyStop, denoise_slices, new_networks, train, weights_digest, work_units
+from n2d_dicom.engine import (
+    EarlyStop,
+    WorkCost,
+    denoise_slices,
+    new_networks,
+    train,
+    weights_digest,
+    work_units,
+)
 from n2d_dicom.measured import Measured
 from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.settings import N2DSettings
@@ -37,10 +45,23 @@ def test_progress_counts_every_work_unit_up_to_the_total_known_before(cpu):
             heard.append((n, phase))
 
         denoise_slices(torch.rand(slices, 16, 16), settings, cpu, progress=hear)
-        assert sum(n for n, _ in heard) == work_units(slices, settings)
+        assert sum(n for n, _ in heard) == work_units(slices, settings, 16 * 16)
         phases = [p for _, p in heard]
         assert phases[0] == "noise measurement" and phases[-1] == "Wiener step"
         assert {"training stage 1", "training stage 3", "non-local means"} <= set(phases)
+
+
+def test_each_kind_of_work_counts_what_it_costs_so_the_bar_keeps_its_rate(cpu):
+    """Issue 26: the bar sat at 98% for two minutes while non-local means and the Wiener step ran, each
+    slice of them counted like one training step; a pass over a slice now counts by its pixels."""
+    big = work_units(4, N2DSettings(mode="per-series", iterations=1000), 512 * 512)
+    steps = 2 * 1000
+    assert big - steps == WorkCost(512 * 512).of("noise") + 4 * (3 * 1 + 5 + 22)  # Wiener 22 units a slice
+    settings = TINY.model_copy(update={"iterations": 5, "nlm_blend": 0.5, "wiener": True})
+    heard: list[tuple[int, str]] = []
+    denoise_slices(torch.rand(2, 160, 160), settings, cpu, progress=lambda n, p: heard.append((n, p)))
+    assert sum(n for n, _ in heard) == work_units(2, settings, 160 * 160)
+    assert sum(n for n, p in heard if p == "Wiener step") == 2 * WorkCost(160 * 160).of("wiener") == 4
 
 
 def test_early_stopping_counts_the_steps_it_saved_as_done(cpu):
