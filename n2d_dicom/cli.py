@@ -46,7 +46,7 @@ DERIVATION_FLAGS = {"series_description_suffix": "--description-suffix"}
 @contextmanager
 def work_bar(total: int | None, enabled: bool, plan: str = "") -> Iterator[Callable[[int, str], None]]:
     """A tqdm bar on stderr over the engine's work units (training steps, inference passes, non-local
-    means, the Wiener step, each counted by what it costs: :func:`~n2d_dicom.engine.work_units`),
+    means, the Wiener step, each counted by what it costs: :func:`~n2d_dicom.progress.work_units`),
     ``plan`` (the mode and steps that will run, known from the start) and what runs as its
     description; its rate, and so its ETA, comes from the first units done."""
     prefix = f"{plan}: " if plan else ""
@@ -349,7 +349,7 @@ def demo(
     device: DeviceOption = "auto",
 ) -> None:
     """Make a noisy 8-slice CT-like phantom, denoise it, and print PSNR before and after."""
-    from n2d_dicom.engine import work_units
+    from n2d_dicom.progress import work_units
     from n2d_dicom.tools.demo import DEMO_SIDE, DEMO_SLICES, run_demo
 
     torch_device = guarded(lambda: resolve_device(device))

@@ -19,11 +19,13 @@ from pydicom.dataset import Dataset
 
 from n2d_dicom.derive import DerivationSettings, Provenance, derive_instance, new_uid
 from n2d_dicom.dicom_read import DicomSeries, Frame
-from n2d_dicom.engine import MIN_SIDE, Progress, denoise_slices, work_units
+from n2d_dicom.engine import denoise_slices
 from n2d_dicom.errors import N2DInputError
+from n2d_dicom.inference import MIN_SIDE
 from n2d_dicom.intensity import IntensityMap
 from n2d_dicom.measured import Measured, Report
 from n2d_dicom.nifti_io import default_slice_axis, nifti_suffix, read_nifti, stored_values, write_like
+from n2d_dicom.progress import Progress, work_units
 from n2d_dicom.settings import N2DSettings
 
 
@@ -60,7 +62,7 @@ def denoise_stack(
 
 
 def volume_work(shape: tuple[int, ...], axis: int, settings: N2DSettings) -> int:
-    """Work units (:func:`~n2d_dicom.engine.work_units`) of :func:`denoise_volume_array` on ``shape``."""
+    """Work units (:func:`~n2d_dicom.progress.work_units`) of :func:`denoise_volume_array` on ``shape``."""
     if len(shape) == 2:
         return work_units(1, settings, shape[0] * shape[1])
     volumes = shape[3] if len(shape) == 4 else 1
@@ -69,7 +71,7 @@ def volume_work(shape: tuple[int, ...], axis: int, settings: N2DSettings) -> int
 
 
 def series_work(series: DicomSeries, settings: N2DSettings) -> int:
-    """Work units (:func:`~n2d_dicom.engine.work_units`) of :func:`denoise_series` on ``series``:
+    """Work units (:func:`~n2d_dicom.progress.work_units`) of :func:`denoise_series` on ``series``:
     frames of one size are one stack."""
     sizes: dict[tuple[int, ...], int] = defaultdict(int)
     for frame in series.frames:

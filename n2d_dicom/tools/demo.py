@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from n2d_dicom.engine import Progress
 from n2d_dicom.nifti_io import read_nifti
 from n2d_dicom.pipeline import denoise_nifti
+from n2d_dicom.progress import Progress
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom, psnr
 

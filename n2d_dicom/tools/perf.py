@@ -29,12 +29,14 @@ import torch
 from torch import Tensor
 
 from n2d_dicom.devices import cpu_flags, resolve_precision
-from n2d_dicom.engine import HELD_OUT_EVERY, REFINE_FACTORS, denoise_slices, slice_crops
+from n2d_dicom.engine import denoise_slices
+from n2d_dicom.inference import REFINE_FACTORS
 from n2d_dicom.measured import PHASE_NAMES, Measured, split_seconds, steps_taken
 from n2d_dicom.nlm import nlm_estimate
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.bench import peak_memory
 from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom, psnr
+from n2d_dicom.training import HELD_OUT_EVERY, slice_crops
 from n2d_dicom.wiener import RISK_SLICES, wiener_refine
 
 T = TypeVar("T")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from n2d_dicom.engine import work_units
 from n2d_dicom.pipeline import denoise_nifti
+from n2d_dicom.progress import work_units
 from n2d_dicom.settings import N2DSettings
 from tests.helpers import N2D
 from tests.n2d_dicom.conftest import write_ct_series

@@ -6,19 +6,14 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from n2d_dicom.engine import (
-    EarlyStop,
-    WorkCost,
-    denoise_slices,
-    new_networks,
-    train,
-    weights_digest,
-    work_units,
-)
+from n2d_dicom.engine import denoise_slices
 from n2d_dicom.measured import Measured
 from n2d_dicom.model import StackedDenoiser
+from n2d_dicom.progress import WorkCost, work_units
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.phantom import add_noise, ellipsoid_phantom
+from n2d_dicom.training import EarlyStop, new_networks, train
+from n2d_dicom.warm_pair import weights_digest
 
 #: Tiny settings for tests that look at what ran, not at quality.
 TINY = N2DSettings(iterations=2, channels=4, nlm_blend=0, wiener=False, noise="white", anscombe="off")

@@ -9,10 +9,12 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
 
-from n2d_dicom import engine
+from n2d_dicom import engine, training
 from n2d_dicom.devices import MEMORY_SHARE, TRAINING_BYTES_PER_PIXEL_CHANNEL, free_memory, resolve_device
-from n2d_dicom.engine import denoise_slices, new_networks, stage1_loss
+from n2d_dicom.engine import denoise_slices
+from n2d_dicom.losses import stage1_loss
 from n2d_dicom.settings import N2DSettings
+from n2d_dicom.training import new_networks
 
 pytestmark = pytest.mark.gpu
 
@@ -75,10 +77,10 @@ def test_the_slice_batch_shrinks_to_what_the_gpus_free_memory_holds(cuda, monkey
 def test_bf16_runs_the_networks_in_bfloat16_and_keeps_losses_and_output_float32(cuda):
     net = new_networks([0], N2DSettings(channels=8), cuda)
     x = torch.rand(1, 1, 32, 32, device=cuda)
-    with engine._precision(cuda, "bf16"):
+    with training.in_precision(cuda, "bf16"):
         assert net(x).dtype == torch.bfloat16
         assert stage1_loss(net, x, x).dtype == torch.float32
-    with engine._precision(cuda, "fp32"):
+    with training.in_precision(cuda, "fp32"):
         assert net(x).dtype == torch.float32
 
 
@@ -86,7 +88,7 @@ def test_tf32_allows_tf32_inside_and_restores_the_flags_after(cuda):
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        with engine._precision(cuda, "tf32"):
+        with training.in_precision(cuda, "tf32"):
             assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:

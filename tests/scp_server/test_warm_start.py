@@ -10,8 +10,8 @@ import torch
 from pydicom.dataset import Dataset
 
 from n2d_dicom.derive import PRIVATE_CREATOR, PRIVATE_GROUP
-from n2d_dicom.engine import weights_digest
 from n2d_dicom.measured import Measured
+from n2d_dicom.warm_pair import weights_digest
 from scp_server.config import WARM_START_KEY, NodeSettings
 from scp_server.stores import Stores
 from scp_server.tasks import SeriesProcessor

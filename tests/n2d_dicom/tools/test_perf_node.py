@@ -3,9 +3,9 @@
 import torch
 
 from n2d_dicom.devices import resolve_precision
-from n2d_dicom.engine import warm_steps
 from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.perf import PerfPlan, node_rows, run_perf
+from n2d_dicom.training import warm_steps
 
 
 def test_rows_give_the_steps_taken_and_the_seconds_of_each_phase(cpu):
