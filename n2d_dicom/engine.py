@@ -47,11 +47,9 @@ from n2d_dicom.model import StackedDenoiser
 from n2d_dicom.nlm import blend_nlm
 from n2d_dicom.noise import decorrelating_stride, keep_structure, spread_slices
 from n2d_dicom.progress import Clock, Progress, WorkCost
-from n2d_dicom.settings import N2DSettings
+from n2d_dicom.settings import WARM_CHECK_EVERY, WARM_PATIENCE, N2DSettings
 from n2d_dicom.training import (
     DETAIL_SEED_OFFSET,
-    WARM_CHECK_EVERY,
-    WARM_PATIENCE,
     EarlyStop,
     held_out_split,
     new_networks,

@@ -23,6 +23,10 @@ Rician = Literal["off", "on", "auto"]
 
 #: Per-series mode holds slices out for early stopping on stacks of at least this many slices.
 EARLY_STOP_FROM = 8
+#: Early stopping checks the held-out loss this many steps apart, and stops after this many checks
+#: in a row that did not improve it by this share (a warm-started network: its own two).
+EARLY_STOP_EVERY, EARLY_STOP_PATIENCE, EARLY_STOP_MIN_IMPROVEMENT = 100, 3, 0.005
+WARM_CHECK_EVERY, WARM_PATIENCE = 25, 2
 #: The most Adam steps of each network where ``iterations`` is not set, by the mode that runs.
 DEFAULT_ITERATIONS: dict[RanMode, int] = {"per-slice": 2000, "per-series": 1000}
 #: Per-series steps on a stack too small to hold slices out (no early stopping): those of per-slice
@@ -108,17 +112,19 @@ class N2DSettings(BaseModel):
         ge=1,
         le=100_000,
         description="Adam steps for each of the two networks (the most, where early stopping may stop "
-        "sooner). null: 2000 per-slice (the paper's); per-series, where every step draws new crops "
-        "of the stack, 1000 on stacks of 8 slices or more (early stopping on) and 2000 on smaller "
-        "ones (the choice against time is in docs/benchmarks.md).",
+        f"sooner). null: {DEFAULT_ITERATIONS['per-slice']} per-slice (the paper's); per-series, where "
+        f"every step draws new crops of the stack, {DEFAULT_ITERATIONS['per-series']} on stacks of "
+        f"{EARLY_STOP_FROM} slices or more (early stopping on) and {SMALL_STACK_ITERATIONS} on "
+        "smaller ones (the choice against time is in docs/benchmarks.md).",
     )
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate; halved at the half.")
     channels: int | None = Field(
         None,
         ge=4,
         le=512,
-        description="Hidden channels of each network. null: 48 per-slice (the paper's), 32 per-series, "
-        "which measured as good there at half the time (docs/benchmarks.md).",
+        description=f"Hidden channels of each network. null: {DEFAULT_CHANNELS['per-slice']} per-slice "
+        f"(the paper's), {DEFAULT_CHANNELS['per-series']} per-series, which measured as good there "
+        "at half the time (docs/benchmarks.md).",
     )
     seed: int = Field(0, ge=0, description="Seeds network initialisation and slice sampling.")
     precision: Precision = Field(
@@ -140,10 +146,11 @@ class N2DSettings(BaseModel):
     )
     early_stop: bool = Field(
         True,
-        description="per-series mode: hold out every 8th slice (series of 8 or more) and stop "
-        "training a network once its loss on them has not improved by 0.5% for 3 checks 100 steps "
-        "apart (2 checks 25 steps apart for a warm-started network); iterations is then the most "
-        "steps taken.",
+        description=f"per-series mode: hold out every {EARLY_STOP_FROM}th slice (series of "
+        f"{EARLY_STOP_FROM} or more) and stop training a network once its loss on them has not "
+        f"improved by {EARLY_STOP_MIN_IMPROVEMENT:.1%} for {EARLY_STOP_PATIENCE} checks "
+        f"{EARLY_STOP_EVERY} steps apart ({WARM_PATIENCE} checks {WARM_CHECK_EVERY} steps apart for "
+        "a warm-started network); iterations is then the most steps taken.",
     )
     slice_patch: int | None = Field(
         256,

@@ -13,7 +13,14 @@ from torch import Tensor
 from n2d_dicom.devices import resolve_precision
 from n2d_dicom.losses import LossFn
 from n2d_dicom.model import StackedDenoiser
-from n2d_dicom.settings import EARLY_STOP_FROM, N2DSettings, Precision
+from n2d_dicom.settings import (
+    EARLY_STOP_EVERY,
+    EARLY_STOP_FROM,
+    EARLY_STOP_MIN_IMPROVEMENT,
+    EARLY_STOP_PATIENCE,
+    N2DSettings,
+    Precision,
+)
 
 #: Added to a stage-1 seed to seed its stage-3 network, so that ``f`` and ``g`` start differently.
 DETAIL_SEED_OFFSET = 1_000_003
@@ -21,10 +28,6 @@ DETAIL_SEED_OFFSET = 1_000_003
 HELD_OUT_EVERY = EARLY_STOP_FROM
 #: A warm-started network takes at most this share of ``iterations``, its schedule compressed to them.
 WARM_FRACTION = 0.5
-#: A warm-started network's early stopping checks the held-out loss this many steps apart.
-WARM_CHECK_EVERY = 25
-#: A warm-started network stops after this many checks in a row without improvement.
-WARM_PATIENCE = 2
 
 
 @contextmanager
@@ -72,9 +75,9 @@ class EarlyStop:
 
     inputs: Tensor
     targets: Tensor
-    every: int = 100
-    patience: int = 3
-    min_improvement: float = 0.005
+    every: int = EARLY_STOP_EVERY
+    patience: int = EARLY_STOP_PATIENCE
+    min_improvement: float = EARLY_STOP_MIN_IMPROVEMENT
     best: float = float("inf")
     stale: int = 0
 

@@ -40,7 +40,7 @@ import requests
 
 from n2d_dicom.uids import printable
 from scp_server.destinations import CredentialsMissing, DicomWebDestination, DicomWebTarget
-from scp_server.sender import DELIVERED, SendResult, log_outcome
+from scp_server.sender import DELIVERED, SendResult, log_outcome, with_backoff
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,7 @@ def stow_files(
         return [results[path] for path in paths]
     pending = list(paths)
     with session:
-        for attempt in range(attempts):
-            if attempt:
-                sleep(backoff_s * 2 ** (attempt - 1))
+        for attempt in with_backoff(attempts, backoff_s, sleep):
             limits = (target.timeout_s or timeout_s, deadline_s)
             pending = _attempt(session, target, pending, uids, limits, note)
             if not pending:

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 #: Transfer syntaxes accepted for each of them: uncompressed and the common compressed ones. Not
 #: Deflated Explicit VR Little Endian: pynetdicom inflates it with no bound while the association
-#: lasts (2 MB on the wire became 2 GiB in memory), and modalities do not send images that way.
+#: lasts (a small message can take gigabytes), and modalities do not send images that way.
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,

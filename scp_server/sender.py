@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,9 +98,7 @@ def send_files(
     headers = _requested_contexts(ae, paths)
     results: dict[Path, SendResult] = {}
     pending = list(paths)
-    for attempt in range(attempts):
-        if attempt:
-            sleep(backoff_s * 2 ** (attempt - 1))
+    for attempt in with_backoff(attempts, backoff_s, sleep):
         try:
             assoc = ae.associate(
                 destination.host,
@@ -141,6 +139,15 @@ def send_files(
         if not pending:
             break
     return log_outcome(destination.ae_title, paths, results)
+
+
+def with_backoff(attempts: int, backoff_s: float, sleep: Callable[[float], None]) -> Iterator[int]:
+    """Attempt numbers 0 .. ``attempts - 1``, sleeping ``backoff_s``, doubling, before each but the first
+    (the C-STORE and STOW-RS senders' one retry schedule)."""
+    for attempt in range(attempts):
+        if attempt:
+            sleep(backoff_s * 2 ** (attempt - 1))
+        yield attempt
 
 
 def log_outcome(destination: str, paths: list[Path], results: dict[Path, SendResult]) -> list[SendResult]:
