@@ -30,7 +30,7 @@ from n2d_dicom.errors import N2DInputError
 from n2d_dicom.measured import Measured, as_ran, describe_measured, describe_split, mode_ran
 from n2d_dicom.nifti_io import default_slice_axis, read_nifti, slice_count
 from n2d_dicom.options import fail, guarded, options_from
-from n2d_dicom.settings import N2DSettings, Precision
+from n2d_dicom.settings import N2DSettings
 from n2d_dicom.tools.bench import BenchPlan, PlanName, run_benchmark
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -282,6 +282,7 @@ def denoise_dicom(
 
 
 @app.command()
+@options_from(N2DSettings, "settings", only=("iterations", "precision"))
 def bench(
     quick: Annotated[bool, typer.Option(help="Short for --plan quick.")] = False,
     plan_name: Annotated[
@@ -294,7 +295,6 @@ def bench(
             "the paper's settings on 256x256 crops.",
         ),
     ] = None,
-    iterations: Annotated[int | None, typer.Option(help="Override the iteration count.")] = None,
     device: DeviceOption = "auto",
     cases: Annotated[
         list[str] | None, typer.Option("--case", help="Run only cases whose name contains this.")
@@ -309,18 +309,21 @@ def bench(
     volume_slices: Annotated[
         int | None, typer.Option(min=1, help="--perf: slices of the 512x512 per-series volume.")
     ] = None,
-    precision: Annotated[
-        Precision, typer.Option(help="--perf: auto (the engine's choice for the device), fp32, tf32 or bf16.")
-    ] = "auto",
+    *,
+    settings: N2DSettings,
 ) -> None:
-    """Quality and speed of N2D against ZS-N2N, BM3D and non-local means on noisy real images."""
+    """Quality and speed of N2D against ZS-N2N, BM3D and non-local means on noisy real images.
+
+    --iterations and --precision apply to every N2D row (unset: each plan's own iterations).
+    """
+    iterations = settings.iterations
     if perf:
         from n2d_dicom.tools.perf import PerfPlan, run_perf
 
         torch_device = guarded(lambda: resolve_device(device))
         # N2D alone: non-local means and the Wiener step are timed on their own, after the rows, and
         # the Anscombe transform's measurement runs outside the networks.
-        networks = N2DSettings(precision=precision, nlm_blend=0, wiener=False, anscombe="off")
+        networks = N2DSettings(precision=settings.precision, nlm_blend=0, wiener=False, anscombe="off")
         perf_plan = PerfPlan.for_device(torch_device, networks)
         if volume_slices is not None:
             perf_plan = replace(perf_plan, volume_slices=volume_slices)
@@ -331,7 +334,9 @@ def bench(
 
     if quick and plan_name not in (None, "quick"):
         fail(f"--quick and --plan {plan_name} ask for different plans")
-    plan = BenchPlan.named(plan_name or ("quick" if quick else "realistic"))
+    plan = BenchPlan.named(plan_name or ("quick" if quick else "realistic")).with_precision(
+        settings.precision
+    )
     if iterations is not None:
         plan = plan.with_iterations(iterations)
     torch_device = guarded(lambda: resolve_device(device))

@@ -38,7 +38,7 @@ from n2d_dicom.errors import N2DInputError
 from n2d_dicom.intensity import IntensityMap
 from n2d_dicom.nlm import nlm_estimate
 from n2d_dicom.pipeline import settings_for_modality
-from n2d_dicom.settings import N2DSettings
+from n2d_dicom.settings import N2DSettings, Precision
 from n2d_dicom.tools import measures
 from n2d_dicom.tools.measures import Edge
 from n2d_dicom.tools.phantom import (
@@ -159,6 +159,10 @@ class BenchPlan:
     def with_iterations(self, iterations: int) -> BenchPlan:
         """The same plan with another N2D iteration count."""
         return replace(self, settings=self.settings.model_copy(update={"iterations": iterations}))
+
+    def with_precision(self, precision: Precision) -> BenchPlan:
+        """The same plan with the N2D rows' networks in another precision."""
+        return replace(self, settings=self.settings.model_copy(update={"precision": precision}))
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,17 @@ def test_bench_refuses_quick_together_with_another_plan():
     assert "--quick and --plan standard ask for different plans" in result.stderr
 
 
+def test_bench_takes_iterations_and_precision_from_the_settings_model():
+    """Issue 28: bench declared --iterations and --precision itself; now the N2DSettings fields, checked
+    the same way (one line, exit 1), applied to every N2D row of the plan."""
+    from n2d_dicom.tools.bench import BenchPlan
+
+    result = run("bench", "--precision", "fp64")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "precision" in result.stderr
+    plan = BenchPlan.named("quick").with_precision("bf16").with_iterations(7)
+    assert (plan.settings.precision, plan.settings.iterations) == ("bf16", 7)
+
+
 QUICK_DICOM = ("--iterations", "1", "--device", "cpu", "--no-progress", "--no-wiener", "--nlm-blend", "0")
 
 
