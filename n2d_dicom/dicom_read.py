@@ -336,7 +336,7 @@ def _checked_frames(dataset: Dataset, path: Path) -> list[Frame]:
             f"{_name('PerFrameFunctionalGroupsSequence')} has {len(per_frame)} item(s) "
             f"for {frames} frame(s) (Number of Frames)"
         )
-    _checkelement_values(dataset, "")
+    _check_values(dataset, "")
     _check_integer_labels(dataset)
     for sequence, where in (
         ("SharedFunctionalGroupsSequence", " in the shared functional groups"),
@@ -346,7 +346,7 @@ def _checked_frames(dataset: Dataset, path: Path) -> list[Frame]:
             for element in group:
                 if element.VR == "SQ":
                     for item in element.value or []:
-                        _checkelement_values(item, where.format(number))
+                        _check_values(item, where.format(number))
 
     pixels = _stored_pixels(dataset)
     if pixels.size != frames * rows * columns:
@@ -418,7 +418,7 @@ def _check_pixel_description(dataset: Dataset) -> tuple[int, int, int]:
     return rows, columns, frames
 
 
-def _checkelement_values(item: Dataset, where: str) -> None:
+def _check_values(item: Dataset, where: str) -> None:
     """Spacing, thickness, rescale and window values of one dataset or functional group item."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         spacing = _decimals(item, keyword, 2, where)  # 0\\0 is written for 'unknown' by some CR units
