@@ -109,6 +109,7 @@ def _send(
             settings.send_backoff_s,
             settings.send_timeout_s,
             on_result=record,
+            deadline_s=settings.send_deadline_s,
         )
     return results + sent
 

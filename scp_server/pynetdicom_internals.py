@@ -23,6 +23,14 @@ series in :data:`TESTED_SERIES`, which ``pyproject.toml`` pins):
    before A-RELEASE-RP goes out.
 6. :mod:`scp_server.transport` appends its server to ``AE._servers``, as
    ``AE.start_server`` does, so that ``AE.shutdown`` finds it.
+7. :mod:`scp_server.sender` cuts a C-STORE off at its deadline by shutting down
+   ``Association.dul.socket.socket`` (pynetdicom reads a PDU whole, a trickled one
+   for as long as each read comes within the network timeout) and putting
+   ``(None, None)`` on ``Association.dimse.msg_queue``, which ``send_c_store`` takes
+   for a DIMSE timeout.
+8. :mod:`scp_server.transport` restarts ``Association.dul._idle_timer`` while
+   requests received wait for their answers, so a peer that pipelined many and
+   waits is not aborted as silent.
 """
 
 from __future__ import annotations

@@ -14,8 +14,11 @@ out. Each instance ends in one of three states, recorded in its
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,12 +88,15 @@ def send_files(
     timeout_s: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
     on_result: Callable[[SendResult], None] | None = None,
+    deadline_s: float = 300.0,
 ) -> list[SendResult]:
     """Send ``paths`` to ``destination``; retry what was not answered, with exponential backoff.
 
     ``on_result`` hears each instance's answer as soon as it comes, so that a
     caller can record it durably before the next one is sent, and each failed
     attempt (no association, rejected, TLS set-up) for every instance it left unsent.
+    ``timeout_s`` bounds each wait; ``deadline_s`` each C-STORE as a whole: a destination
+    trickling its answer has its association aborted then.
     """
     poll_for_readiness()
     ae = AE(ae_title=calling_ae)
@@ -127,7 +133,7 @@ def send_files(
             continue
         still_pending = []
         for path in pending:
-            result = _send_one(assoc, path, str(headers[path].SOPInstanceUID))
+            result = _send_one(assoc, path, str(headers[path].SOPInstanceUID), deadline_s)
             results[path] = result
             if on_result is not None:
                 on_result(result)
@@ -163,11 +169,34 @@ def log_outcome(destination: str, paths: list[Path], results: dict[Path, SendRes
     return [results[path] for path in paths]
 
 
-def _send_one(assoc: Association, path: Path, sop_instance_uid: str) -> SendResult:
+def _send_one(assoc: Association, path: Path, sop_instance_uid: str, deadline_s: float) -> SendResult:
+    """One C-STORE, aborted (and so unanswered) if its answer is not complete within ``deadline_s``."""
+    expired = threading.Event()
+
+    def cut_off() -> None:
+        expired.set()
+        # The connection is shut down under pynetdicom's reader, which may be inside a trickled PDU,
+        # and send_c_store's wait for the response woken as a DIMSE timeout would wake it
+        # (scp_server/pynetdicom_internals.py, item 7).
+        connection = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+        if connection is not None:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        assoc.dimse.msg_queue.put((None, None))
+
+    watchdog = threading.Timer(deadline_s, cut_off)
+    watchdog.start()
+    failure: Exception | None = None
     try:
         response = assoc.send_c_store(path)
     except (RuntimeError, ValueError) as exc:  # association lost, no matching context
-        return SendResult(path, sop_instance_uid, None, str(exc))
+        response, failure = None, exc
+    finally:
+        watchdog.cancel()
+    if expired.is_set():
+        return SendResult(path, sop_instance_uid, None, f"no complete answer within {deadline_s:g} s")
+    if failure is not None:
+        return SendResult(path, sop_instance_uid, None, str(failure))
     status = response.get("Status") if response else None
     if status is None:
         return SendResult(path, sop_instance_uid, None, "no response (association aborted or timed out)")

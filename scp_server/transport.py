@@ -405,14 +405,21 @@ class _Connection(RequestHandler):
         a burst would have the rest of the burst dropped in silence and its
         association ended as released (the series declared complete without them).
         A release behind a half-received request is never answered: the network
-        timeout aborts that association. ``on_closed(assoc, "released")`` runs before
-        A-RELEASE-RP goes out, so a crash after the peer's release keeps it a release.
+        timeout aborts that association. While answers are owed the network timeout
+        is held off (polled between requests, so the peer is not taken for silent).
+        ``on_closed(assoc, "released")`` runs before A-RELEASE-RP goes out, so a crash
+        after the peer's release keeps it a release.
         """
         requested = assoc.acse.is_release_requested
         dimse = cast(_GuardedDIMSE, assoc.dimse)
 
         def release_once_answered() -> bool:
-            if dimse.message is not None or not dimse.msg_queue.empty():
+            if not dimse.msg_queue.empty():
+                # Requests received wait for their answers: the peer is waiting, not silent
+                # (pynetdicom_internals item 8). Only a half-received one is left to time out.
+                assoc.dul._idle_timer.restart()
+                return False
+            if dimse.message is not None:
                 return False
             if not requested():
                 return False

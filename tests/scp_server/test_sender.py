@@ -1,7 +1,9 @@
 """Delivering files to real receivers on loopback: a pynetdicom SCP and dcmtk's storescp."""
 
+import socket
 import ssl
 import subprocess
+import sys
 import time
 
 import pydicom
@@ -156,3 +158,35 @@ def test_unreadable_tls_files_leave_the_files_undelivered_with_the_reason(series
     results = send_files(series_files, destination, "N2D", attempts=1)
     assert not any(r.delivered or r.refused for r in results)
     assert all(r.error and r.error.startswith("TLS set-up") for r in results)
+
+
+@pytest.mark.slow
+def test_a_destination_trickling_its_answers_is_cut_off_at_the_deadline_per_instance(series_files):
+    """Round 3, finding 2, over DIMSE: each read of a trickled C-STORE-RSP came within send_timeout_s,
+    so the sending thread waited as long as the destination liked."""
+    port = free_port()
+    peer = subprocess.Popen([sys.executable, "-m", "tests.peers.trickling_storescp", str(port), "0.3"])
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until the peer listens
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "the trickling peer did not listen"
+            time.sleep(0.1)
+        started = time.monotonic()
+        results = send_files(
+            series_files[:2],
+            Destination(ae_title="DEST", host="127.0.0.1", port=port),
+            "N2D",
+            attempts=1,
+            timeout_s=10,
+            deadline_s=1.5,
+        )
+        waited = time.monotonic() - started
+    finally:
+        peer.terminate()
+        peer.wait(timeout=10)
+    assert not any(r.delivered or r.refused for r in results)
+    assert results[0].error == "no complete answer within 1.5 s"
+    assert waited < 8  # not the minute a trickled answer takes
