@@ -4,7 +4,7 @@ Jobs only queue their derived files in the outbox (:mod:`scp_server.outbox`);
 the node's :class:`Courier` sends them, so that a destination that is down, slow
 or trickling its answers never holds a denoising worker, and never holds another
 destination either: each destination with pending rows is sent to on a thread of
-its own, at most one at a time per destination. Rows never tried go out within a
+its own, at most one at a time per destination, however many others hang. Rows never tried go out within a
 poll; rows whose send failed are tried again every ``outbox_retry_s``, with
 ``send_attempts`` and backoff. Destinations are resolved against the
 configuration as it is now (see :mod:`scp_server.outbox`).
@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 
 #: How long a delivery may hold its outbox rows before another sender may send them.
 SEND_CLAIM_S = 900.0
-#: Destinations sent to at once by one node; more wait for a free sending thread.
-SENDING_THREADS = 8
-
 Guard = Callable[[str, Callable[[], object]], bool]
 
 
@@ -130,7 +127,9 @@ def _log_undelivered(results: list[SendResult]) -> None:
 
 
 class Courier:
-    """The node's sending threads: one delivery per destination with pending rows, at most one each.
+    """The node's sending threads: one delivery per destination with pending rows, at most one each,
+    and no cap across destinations (each thread mostly waits on its peer; a cap let destinations
+    that hang hold up those that work).
 
     ``guard(name, step)`` runs each delivery (the node's :meth:`scp_server.health.Health.guarded`:
     an error is logged, counted and shown on ``/healthz`` until a delivery to that destination succeeds).
@@ -140,7 +139,6 @@ class Courier:
         self.settings = settings
         self.outbox = outbox
         self.guard = guard
-        self._slots = threading.BoundedSemaphore(SENDING_THREADS)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._heard: dict[str, float] = {}  # destination key -> when it last answered (or the send began)
@@ -164,14 +162,13 @@ class Courier:
                 self._heard[key] = time.monotonic()
 
         try:
-            with self._slots:
-                if not self._stopping.is_set():
-                    self.guard(
-                        f"sending to {key}",
-                        functools.partial(
-                            deliver, self.settings, self.outbox, self.settings.send_attempts, None, key, heard
-                        ),
-                    )
+            if not self._stopping.is_set():
+                self.guard(
+                    f"sending to {key}",
+                    functools.partial(
+                        deliver, self.settings, self.outbox, self.settings.send_attempts, None, key, heard
+                    ),
+                )
         finally:
             with self._lock:
                 del self._heard[key]

@@ -148,3 +148,33 @@ def test_healthz_names_a_destination_that_has_not_answered_past_the_deadline(out
         release.set()
         courier.shutdown()
     wait_for(lambda: courier.stuck() == [], 10)
+
+
+def test_many_destinations_that_hang_hold_up_no_other_destination(outbox, tmp_path, monkeypatch):
+    """Found by an adversarial review: 9 destinations that never answered took all 8 sending threads,
+    and the one that worked waited a whole round of theirs."""
+    import threading
+
+    from scp_server import delivery
+
+    release, sent = threading.Event(), []
+
+    def fake_deliver(settings, outbox, attempts, series, key, heard) -> list:
+        if key.startswith("DEAD"):
+            release.wait(30)
+        else:
+            sent.append(key)
+        return []
+
+    monkeypatch.setattr(delivery, "deliver", fake_deliver)
+    for number in range(9):
+        dead = Destination(ae_title=f"DEAD{number}", host="127.0.0.1", port=104)
+        outbox.add([(f"1.{number}", tmp_path / f"1.{number}.dcm")], dead, "9.1")
+    outbox.add([("2.1", tmp_path / "2.1.dcm")], PACS, "9.1")
+    courier = Courier(settings(tmp_path), outbox, lambda name, step: bool(step() or True))
+    try:
+        assert len(courier.dispatch()) == 10
+        wait_for(lambda: sent == ["PACS@127.0.0.1:104"], 5)
+    finally:
+        release.set()
+        courier.shutdown()
