@@ -26,9 +26,12 @@ instance is here no delivery (see above).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -37,6 +40,10 @@ from typing import Any
 
 import pydicom
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from n2d_dicom.uids import printable
 from scp_server.destinations import CredentialsMissing, DicomWebDestination, DicomWebTarget
@@ -50,6 +57,48 @@ TRANSIENT_HTTP = frozenset({408, 429})
 NOT_LISTED = "the answer does not list the instance as stored"
 #: Longest STOW-RS answer read: it lists instances, a few hundred bytes each.
 MAX_ANSWER_BYTES = 16 << 20
+
+
+class _CuttableAdapter(HTTPAdapter):
+    """requests' adapter whose open connections can be shut down from another thread: the whole
+    request's deadline (requests and urllib3 bound each read and write, never the request)."""
+
+    def __init__(self) -> None:
+        self._opened: list[HTTPConnection] = []
+        self._lock = threading.Lock()
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        remember = self._remember
+
+        class Plain(HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                remember(self)
+
+        class Secure(HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                remember(self)
+
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("PlainPool", (HTTPConnectionPool,), {"ConnectionCls": Plain}),
+            "https": type("SecurePool", (HTTPSConnectionPool,), {"ConnectionCls": Secure}),
+        }
+
+    def _remember(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            self._opened.append(connection)
+
+    def cut_off(self) -> None:
+        """Shut every connection this adapter opened: a read or write blocked on one fails at once."""
+        with self._lock:
+            opened = list(self._opened)
+        for connection in opened:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
 
 
 class _NotNow(Exception):
@@ -91,11 +140,14 @@ def stow_files(
         for path in paths:
             note(SendResult(path, uids[path], None, f"credentials: {exc}", refused_outright=True))
         return [results[path] for path in paths]
+    adapter = _CuttableAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     pending = list(paths)
     with session:
         for attempt in with_backoff(attempts, backoff_s, sleep):
             limits = (target.timeout_s or timeout_s, deadline_s)
-            pending = _attempt(session, target, pending, uids, limits, note)
+            pending = _attempt(session, adapter, target, pending, uids, limits, note)
             if not pending:
                 break
             log.warning(
@@ -115,6 +167,7 @@ def stow_files(
 
 def _attempt(
     session: requests.Session,
+    adapter: _CuttableAdapter,
     target: DicomWebTarget,
     paths: list[Path],
     uids: dict[Path, str],
@@ -126,7 +179,7 @@ def _attempt(
     for start in range(0, len(paths), target.instances_per_request):
         chunk = paths[start : start + target.instances_per_request]
         try:
-            answers = _post(session, target, chunk, uids, limits)
+            answers = _post(session, adapter, target, chunk, uids, limits)
         except _NotNow as exc:
             for path in paths[start:]:
                 note(SendResult(path, uids[path], None, str(exc)))
@@ -140,17 +193,20 @@ def _attempt(
 
 def _post(
     session: requests.Session,
+    adapter: _CuttableAdapter,
     target: DicomWebTarget,
     paths: list[Path],
     uids: dict[Path, str],
     limits: tuple[float, float],
 ) -> list[SendResult]:
-    """One STOW-RS request, answered within ``limits`` (each wait, the whole); each instance's outcome,
-    or :class:`_NotNow`."""
+    """One STOW-RS request, answered within ``limits`` (each wait, the whole: past it the connection
+    is shut down, whatever the request is doing); each instance's outcome, or :class:`_NotNow`."""
     timeout_s, deadline_s = limits
     deadline = time.monotonic() + deadline_s
     parts = [path.read_bytes() for path in paths]
     boundary = _boundary(parts)
+    watchdog = threading.Timer(deadline_s, adapter.cut_off)
+    watchdog.start()
     try:
         response = session.post(
             f"{target.url}/studies",
@@ -163,8 +219,12 @@ def _post(
         )
         with response:
             body = _read_body(response, deadline, deadline_s)
-    except (requests.RequestException, OSError) as exc:  # OSError: an unreadable ca_file
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:  # OSError: ca_file
+        if time.monotonic() >= deadline:
+            raise _NotNow(f"no complete answer within {deadline_s:g} s") from exc
         raise _NotNow(printable(_why(exc, timeout_s), 300)) from exc
+    finally:
+        watchdog.cancel()
     answer = f"HTTP {response.status_code} {printable(response.reason or '', 60)}".rstrip()
     if response.status_code >= 500 or response.status_code in TRANSIENT_HTTP:
         raise _NotNow(answer)

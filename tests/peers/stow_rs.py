@@ -55,6 +55,8 @@ class StowPeer:
     server: ThreadingHTTPServer | None = None
     #: Seconds between the answer body's bytes (after the headers, sent at once); 0: all at once.
     trickle_s: float = 0.0
+    #: With ``trickle_s``: the status line and headers trickle too.
+    trickle_headers: bool = False
 
     @property
     def port(self) -> int:
@@ -74,15 +76,18 @@ class StowPeer:
                 payload = (
                     answer if isinstance(answer, bytes) else json.dumps(answer).encode() if answer else b""
                 )
-                self.send_response(status)
-                self.send_header("Content-Type", "application/dicom+json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
+                head = (
+                    f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
+                    f"Content-Type: application/dicom+json\r\nContent-Length: {len(payload)}\r\n\r\n"
+                ).encode()
                 if not peer.trickle_s:
-                    self.wfile.write(payload)
+                    self.wfile.write(head + payload)
                     return
+                if not peer.trickle_headers:
+                    self.wfile.write(head)
+                    head = b""
                 try:
-                    for byte in payload:
+                    for byte in head + payload:
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
                         time.sleep(peer.trickle_s)

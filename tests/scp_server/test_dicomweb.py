@@ -114,6 +114,18 @@ def test_a_destination_trickling_its_answer_is_cut_off_at_the_request_deadline(s
     assert {r.error for r in results} == {"no complete answer within 1 s"}
 
 
+def test_a_destination_trickling_its_status_line_and_headers_is_cut_off_at_the_deadline(series_files, peer):
+    """Found by an adversarial review: the deadline bounded the body only; a status line sent a byte
+    every 2 s held the sending thread for hours."""
+    peer.trickle_s, peer.trickle_headers = 0.2, True
+    destination = web(f"http://127.0.0.1:{peer.port}", timeout_s=5)
+    started = time.monotonic()
+    results = stow_files(series_files[:2], destination, attempts=1, deadline_s=1.0)
+    assert time.monotonic() - started < 4
+    assert not any(r.delivered or r.refused for r in results)
+    assert {r.error for r in results} == {"no complete answer within 1 s"}
+
+
 def test_a_5xx_answer_is_retried_with_backoff_then_left_pending(series_files, peer):
     peer.answer = lambda uids: (503, None)
     slept: list[float] = []
