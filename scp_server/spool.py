@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels.utils import get_expected_length
@@ -75,6 +76,8 @@ class InvalidIdentifiers(ValueError):
     """An instance whose identifiers are missing or not valid UIDs; the message names which and why."""
 
 
+#: The length field's value for an undefined length (sequences, encapsulated data).
+UNDEFINED_LENGTH = 0xFFFFFFFF
 #: VRs whose value length is a 2-byte field in explicit VR encodings (PS3.5 7.1.2): at most 0xFFFF bytes.
 SHORT_LENGTH_VRS = frozenset("AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split())
 
@@ -112,23 +115,42 @@ def unwritable_element(dataset: pydicom.Dataset) -> str | None:
     Such an element arrives as UN, or in an implicit VR encoding, where lengths
     are 4 bytes: a 5 MB Series Description, say. Every object derived from it
     (written in an explicit VR encoding) would fail, so it is refused on arrival.
+    Lengths are the bytes received (a UTF-8 character may take 3), read from the
+    elements as they arrived, before decoding.
     """
-    for element in dataset.iterall():
-        vr = dictionary_vr_of(element.tag) if element.VR == "UN" else element.VR
-        length = _value_length(element.value)
-        if vr in SHORT_LENGTH_VRS and length > 0xFFFF:
-            name = element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})"
+    for tag in dataset.keys():
+        element = dataset.get_item(tag)
+        if element is None:
+            continue
+        vr = str(element.VR or "UN")
+        if vr == "UN":
+            vr = dictionary_vr_of(tag)
+        if vr == "SQ":
+            for item in dataset[tag].value or []:
+                if (found := unwritable_element(item)) is not None:
+                    return found
+            continue
+        length = element.length if isinstance(element, RawDataElement) else _encoded_length(element.value)
+        if vr in SHORT_LENGTH_VRS and 0xFFFF < length < UNDEFINED_LENGTH:
+            name = dictionary_keyword_of(tag) or f"({tag.group:04X},{tag.element:04X})"
             return f"{name} of {length} bytes, longer than its VR {vr} allows (65535)"
     return None
 
 
-def _value_length(value: object) -> int:
-    """Bytes of a value as encoded: text or bytes, or text values joined by backslashes (0 for others)."""
-    if isinstance(value, (bytes, str)):
+def _encoded_length(value: object) -> int:
+    """Bytes of a value decoded already, at most (text as UTF-8, multiple values with backslashes)."""
+    if isinstance(value, bytes):
         return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
     if isinstance(value, MultiValue) and all(isinstance(item, str) for item in value):
-        return sum(len(item) for item in value) + len(value) - 1
+        return sum(len(item.encode("utf-8")) for item in value) + len(value) - 1
     return 0
+
+
+def dictionary_keyword_of(tag: BaseTag) -> str:
+    """The tag's keyword ("" for private and unknown tags)."""
+    return str(keyword_for_tag(tag) or "")
 
 
 def dictionary_vr_of(tag: BaseTag) -> str:

@@ -9,7 +9,7 @@ import pydicom
 import pynetdicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, RTDoseStorage, Verification
 
@@ -410,3 +410,19 @@ def test_uncompressed_pixel_data_cut_short_is_refused_at_reception(node):
     assert not spool.contains(dataset.SOPInstanceUID)
     ((_, reason),) = spool.quarantined()
     assert reason == "Pixel Data of 2000 bytes, 32768 expected from the image attributes"
+
+
+def test_an_element_too_long_for_its_vr_is_judged_by_its_bytes_not_its_characters(node):
+    """Found by an adversarial review: 30,000 CJK characters in UTF-8 (90,000 bytes) passed as 30,000."""
+    settings, spool = node
+    dataset = pydicom.dcmread(data_file("CT_small.dcm"))
+    dataset.SpecificCharacterSet = "ISO_IR 192"
+    dataset.SeriesDescription = "\u6f22" * 30000
+    ae = AE(ae_title=CALLER)
+    ae.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)  # lengths of 4 bytes: no UN
+    assoc = ae.associate("127.0.0.1", settings.port, ae_title=settings.ae_title)
+    assert assoc.is_established
+    assert assoc.send_c_store(dataset).Status == 0xA900
+    assoc.release()
+    ((_, reason),) = spool.quarantined()
+    assert reason == "SeriesDescription of 90000 bytes, longer than its VR LO allows (65535)"
