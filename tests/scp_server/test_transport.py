@@ -712,11 +712,11 @@ def test_associations_are_served_when_the_process_has_descriptors_above_1024(lis
 def test_a_peer_waiting_for_answers_to_a_pipelined_burst_is_not_aborted_as_silent(tmp_path):
     """Found by an adversarial review: 4000 pipelined C-STOREs and a release, the peer reading every
     answer: network_timeout_s after the peer's last PDU the node aborted it, 2671 requests unanswered."""
-    settings = node_settings(tmp_path, network_timeout_s=1)
+    settings = node_settings(tmp_path, network_timeout_s=3)  # slack for a loaded machine's sending
     recorder = Recorder()
 
     def slow_store(event: Event) -> int:
-        time.sleep(0.05)  # a disk syncing each instance
+        time.sleep(0.15)  # a disk syncing each instance
         return recorder.on_store(event)
 
     server = serve(
@@ -724,13 +724,13 @@ def test_a_peer_waiting_for_answers_to_a_pipelined_burst_is_not_aborted_as_silen
     )
     try:
         sock = raw_associate(settings.port)
-        sock.sendall(b"".join(store_request(numbered_ct(n), n) for n in range(1, 61)))  # 3 s of work
+        sock.sendall(b"".join(store_request(numbered_ct(n), n) for n in range(1, 41)))  # 6 s of work
         sock.sendall(pdu(0x05, bytes(4)))  # A-RELEASE-RQ, then silence while the answers come
-        statuses = [read_status(sock) for _ in range(60)]
+        statuses = [read_status(sock) for _ in range(40)]
         assert read_pdu(sock)[0] == 0x06
         sock.close()
     finally:
         server.shutdown()
-    assert statuses == [0x0000] * 60
+    assert statuses == [0x0000] * 40
     ((_, how),) = recorder.wait_closed(1)
     assert how == "released"
