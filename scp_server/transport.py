@@ -74,9 +74,6 @@ UNUSABLE_TRANSFER_SYNTAX = (
     "2.25.182182419394234334903893395062135114764"  # 2.25: uuid5 of n2d-dicom:unusable-transfer-syntax
 )
 
-#: Longest wait, after an A-ASSOCIATE-RJ, for the peer to close the connection itself.
-REJECTED_CLOSE_S = 2.0
-
 #: Least bound on a PDU after the request, whatever maximum PDU size we announce.
 MIN_PDU_READ = 1 << 20
 
@@ -377,20 +374,6 @@ class _Connection(RequestHandler):
         reject = A_ASSOCIATE_RJ()
         reject.result, reject.source, reject.reason_diagnostic = 0x02, 0x03, 0x02
         self._send(reject.encode())
-        self._await_close(REJECTED_CLOSE_S)
-
-    def _await_close(self, seconds: float) -> None:
-        """Let the peer close first, as PS3.8 has the acceptor wait after an A-ASSOCIATE-RJ (ARTIM):
-        closing at once can reach a loaded peer before the rejection does, and it sees an abort."""
-        sock = cast(socket.socket, self.request)
-        deadline = time.monotonic() + seconds
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                sock.settimeout(left)
-                if not sock.recv(4096):
-                    return
-        except OSError:  # timed out, or the peer reset it
-            return
 
     def _run_association(self, request: bytes) -> tuple[Association, _Ending]:
         """Hand the connection to pynetdicom and wait until all of the association's threads are done."""
