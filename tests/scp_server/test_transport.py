@@ -469,11 +469,24 @@ def test_pending_connections_beyond_their_cap_are_closed_at_once_and_logged(tmp_
 # --- finding 8: max_associations is the number of negotiated associations served -------------------
 
 
-def rejection(assoc: Association) -> tuple[object, object, object]:
-    """(result, source, diagnostic) of the A-ASSOCIATE-RJ a requestor received."""
-    answer = assoc.acceptor.primitive
-    assert answer is not None
-    return (answer.result, answer.result_source, answer.diagnostic)
+def answer_to_request(port: int) -> tuple[socket.socket, int, bytes]:
+    """A raw connection that sent an A-ASSOCIATE-RQ, and the type and body of the PDU answering it.
+
+    Raw rather than pynetdicom's requestor: on a loaded machine its requestor can take an
+    A-ASSOCIATE-RJ that its DUL thread read for an abort (its DUL ends before the ACSE looks).
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
+    sock.sendall(association_request())
+    pdu_type, body = read_pdu(sock)
+    return sock, pdu_type, body
+
+
+def rejection(port: int) -> tuple[int, int, int]:
+    """(result, source, diagnostic) of the A-ASSOCIATE-RJ the node answers a new request with."""
+    sock, pdu_type, body = answer_to_request(port)
+    sock.close()
+    assert pdu_type == 0x03, f"expected A-ASSOCIATE-RJ, got PDU type {pdu_type:#04x}"
+    return body[1], body[2], body[3]
 
 
 def test_max_associations_counts_negotiated_associations_not_connections(tmp_path):
@@ -485,8 +498,7 @@ def test_max_associations_counts_negotiated_associations_not_connections(tmp_pat
         wait_for(lambda: server.pending_connections == 5, "5 pending connections")
         held = [establish(settings) for _ in range(3)]
         assert [assoc.is_established for assoc in held] == [True] * 3
-        extra = establish(settings)
-        assert extra.is_rejected and rejection(extra) == LOCAL_LIMIT_EXCEEDED
+        assert rejection(settings.port) == LOCAL_LIMIT_EXCEEDED
         held.pop().release()
         wait_for(lambda: server.negotiated_associations == 2, "the released slot to come back")
         again = establish(settings)
@@ -506,14 +518,14 @@ def test_simultaneous_requests_beyond_the_limit_get_exactly_the_limit(tmp_path):
     settings = node_settings(tmp_path, max_associations=limit)
     server = serve(build_ae(settings), settings, [])
     start = threading.Barrier(2 * limit)
-    results: list[Association] = []
+    results: list[tuple[socket.socket, int, bytes]] = []
     lock = threading.Lock()
 
     def attempt() -> None:
         start.wait()
-        assoc = establish(settings)
+        answer = answer_to_request(settings.port)
         with lock:
-            results.append(assoc)
+            results.append(answer)
 
     threads = [threading.Thread(target=attempt) for _ in range(2 * limit)]
     try:
@@ -521,14 +533,13 @@ def test_simultaneous_requests_beyond_the_limit_get_exactly_the_limit(tmp_path):
             thread.start()
         for thread in threads:
             thread.join(PATIENCE_S)
-        accepted = [assoc for assoc in results if assoc.is_established]
-        rejected = [assoc for assoc in results if assoc.is_rejected]
+        accepted = [body for _, pdu_type, body in results if pdu_type == 0x02]
+        rejected = [(body[1], body[2], body[3]) for _, pdu_type, body in results if pdu_type == 0x03]
         assert len(accepted) == limit
-        assert len(rejected) == limit and {rejection(a) for a in rejected} == {LOCAL_LIMIT_EXCEEDED}
+        assert len(rejected) == limit and set(rejected) == {LOCAL_LIMIT_EXCEEDED}
     finally:
-        for assoc in results:
-            if assoc.is_established:
-                assoc.release()
+        for sock, _, _ in results:
+            sock.close()
         server.shutdown()
 
 
@@ -629,7 +640,7 @@ def test_a_flood_of_rejected_associations_is_a_line_and_a_count_not_a_line_each(
     try:
         with caplog.at_level(logging.WARNING, logger="scp_server.transport"):
             for _ in range(6):
-                assert establish(settings).is_rejected
+                assert rejection(settings.port) == LOCAL_LIMIT_EXCEEDED
             held.release()
             wait_for(lambda: server.negotiated_associations == 0, "the slot to come back")
         lines = [r.getMessage() for r in caplog.records if "max_associations" in r.getMessage()]
