@@ -115,3 +115,24 @@ def command_pdu(command: bytes) -> bytes:
     """A well-framed P-DATA-TF carrying ``command`` as the last fragment of a command set."""
     value = bytes([1, 0x03]) + command  # presentation context 1, command + last fragment
     return pdu(0x04, struct.pack(">L", len(value)) + value)
+
+
+def answer_to_request(
+    port: int, calling: str = CALLER, called: str = "N2D"
+) -> tuple[socket.socket, int, bytes]:
+    """A raw connection that sent an A-ASSOCIATE-RQ, and the type and body of the PDU answering it.
+
+    Raw rather than pynetdicom's requestor: on a loaded machine its requestor can take an
+    A-ASSOCIATE-RJ that its DUL thread read for an abort (its DUL ends before the ACSE looks).
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
+    sock.sendall(association_request(calling, called))
+    pdu_type, body = read_pdu(sock)
+    return sock, pdu_type, body
+
+
+def answer_type(port: int, calling: str = CALLER, called: str = "N2D") -> int:
+    """The PDU type the node answers an A-ASSOCIATE-RQ with (0x02 accepted, 0x03 rejected)."""
+    sock, pdu_type, _ = answer_to_request(port, calling, called)
+    sock.close()
+    return pdu_type

@@ -34,6 +34,8 @@ from tests.helpers import CALLER, free_port
 from tests.n2d_dicom.conftest import data_file
 from tests.scp_server.raw_dicom import (
     PATIENCE_S,
+    answer_to_request,
+    answer_type,
     association_request,
     command_pdu,
     pdu,
@@ -257,7 +259,7 @@ def test_peer_stalling_inside_a_pdu_is_aborted_at_network_timeout(tmp_path):
 
 def test_rejected_association_is_not_reported_closed(listening):
     settings, recorder, _ = listening
-    assert establish(settings, calling="INTRUDER").is_rejected
+    assert answer_type(settings.port, calling="INTRUDER") == 0x03  # A-ASSOCIATE-RJ
     follow_up = establish(settings)  # an accepted one afterwards: only it is reported
     follow_up.release()
     assert [how for _, how in recorder.wait_closed(1)] == ["released"]
@@ -467,18 +469,6 @@ def test_pending_connections_beyond_their_cap_are_closed_at_once_and_logged(tmp_
 
 
 # --- finding 8: max_associations is the number of negotiated associations served -------------------
-
-
-def answer_to_request(port: int) -> tuple[socket.socket, int, bytes]:
-    """A raw connection that sent an A-ASSOCIATE-RQ, and the type and body of the PDU answering it.
-
-    Raw rather than pynetdicom's requestor: on a loaded machine its requestor can take an
-    A-ASSOCIATE-RJ that its DUL thread read for an abort (its DUL ends before the ACSE looks).
-    """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S)
-    sock.sendall(association_request())
-    pdu_type, body = read_pdu(sock)
-    return sock, pdu_type, body
 
 
 def rejection(port: int) -> tuple[int, int, int]:
