@@ -26,11 +26,9 @@ instance is here no delivery (see above).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +44,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from n2d_dicom.uids import printable
+from scp_server.deadlines import cut_off_after, shut_down
 from scp_server.destinations import CredentialsMissing, DicomWebDestination, DicomWebTarget
 from scp_server.sender import DELIVERED, SendResult, log_outcome, with_backoff
 
@@ -96,9 +95,7 @@ class _CuttableAdapter(HTTPAdapter):
         with self._lock:
             opened = list(self._opened)
         for connection in opened:
-            if connection.sock is not None:
-                with contextlib.suppress(OSError):
-                    connection.sock.shutdown(socket.SHUT_RDWR)
+            shut_down(connection.sock)
 
 
 class _NotNow(Exception):
@@ -202,29 +199,26 @@ def _post(
     """One STOW-RS request, answered within ``limits`` (each wait, the whole: past it the connection
     is shut down, whatever the request is doing); each instance's outcome, or :class:`_NotNow`."""
     timeout_s, deadline_s = limits
-    deadline = time.monotonic() + deadline_s
     parts = [path.read_bytes() for path in paths]
     boundary = _boundary(parts)
-    watchdog = threading.Timer(deadline_s, adapter.cut_off)
-    watchdog.start()
-    try:
-        response = session.post(
-            f"{target.url}/studies",
-            data=_multipart(parts, boundary),
-            headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
-            timeout=timeout_s,
-            verify=target.verification(),
-            allow_redirects=False,  # a redirected POST comes back as a GET: a login page would "succeed"
-            stream=True,  # the body is read under the deadline below
-        )
-        with response:
-            body = _read_body(response, deadline, deadline_s)
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:  # OSError: ca_file
-        if time.monotonic() >= deadline:
-            raise _NotNow(f"no complete answer within {deadline_s:g} s") from exc
-        raise _NotNow(printable(_why(exc, timeout_s), 300)) from exc
-    finally:
-        watchdog.cancel()
+    late = f"no complete answer within {deadline_s:g} s"
+    with cut_off_after(deadline_s, adapter.cut_off) as expired:
+        try:
+            response = session.post(
+                f"{target.url}/studies",
+                data=_multipart(parts, boundary),
+                headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+                timeout=timeout_s,
+                verify=target.verification(),
+                allow_redirects=False,  # a redirected POST comes back as a GET: a login page would "succeed"
+                stream=True,  # the body is read under the deadline too
+            )
+            with response:
+                body = _read_body(response)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:  # OSError: ca_file
+            raise _NotNow(late if expired.is_set() else printable(_why(exc, timeout_s), 300)) from exc
+    if expired.is_set():  # cut off where the end of the connection passed for the end of the body
+        raise _NotNow(late)
     answer = f"HTTP {response.status_code} {printable(response.reason or '', 60)}".rstrip()
     if response.status_code >= 500 or response.status_code in TRANSIENT_HTTP:
         raise _NotNow(answer)
@@ -232,13 +226,10 @@ def _post(
     return [_outcome(path, uids[path], response.status_code, answer, listed) for path in paths]
 
 
-def _read_body(response: requests.Response, deadline: float, deadline_s: float) -> bytes:
-    """The answer's body, read as it comes until ``deadline`` (a STOW-RS answer is small: at most
-    :data:`MAX_ANSWER_BYTES`)."""
+def _read_body(response: requests.Response) -> bytes:
+    """The answer's body, read as it comes (a STOW-RS answer is small: at most :data:`MAX_ANSWER_BYTES`)."""
     body = bytearray()
     while True:
-        if time.monotonic() > deadline:
-            raise _NotNow(f"no complete answer within {deadline_s:g} s")
         chunk = response.raw.read1(65536, decode_content=True)
         if not chunk:
             return bytes(body)

@@ -10,7 +10,6 @@ after it was accepted, whatever it is doing.
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from scp_server.dashboard import Dashboard
+from scp_server.deadlines import cut_off_after, shut_down
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +123,12 @@ def endpoints(
         def handle(self) -> None:
             """Requests until the client closes, all within ``timeout_s`` of the accept: a client that
             trickles its request a byte at a time is cut off at the deadline, not at each read's."""
-            deadline = threading.Timer(timeout_s, self._cut_off)
-            deadline.start()
-            try:
+            with cut_off_after(timeout_s, self._cut_off):
                 super().handle()
-            finally:
-                deadline.cancel()
 
         def _cut_off(self) -> None:
             log.debug("http: %s cut off after %g s", self.client_address[0], timeout_s)
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed
+            shut_down(self.connection)
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             log.debug("http: " + format, *args)

@@ -14,11 +14,8 @@ out. Each instance ends in one of three states, recorded in its
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from scp_server.deadlines import cut_off_after, shut_down
 from scp_server.destinations import Destination
 from scp_server.pynetdicom_internals import poll_for_readiness
 
@@ -171,28 +169,20 @@ def log_outcome(destination: str, paths: list[Path], results: dict[Path, SendRes
 
 def _send_one(assoc: Association, path: Path, sop_instance_uid: str, deadline_s: float) -> SendResult:
     """One C-STORE, aborted (and so unanswered) if its answer is not complete within ``deadline_s``."""
-    expired = threading.Event()
 
     def cut_off() -> None:
-        expired.set()
         # The connection is shut down under pynetdicom's reader, which may be inside a trickled PDU,
         # and send_c_store's wait for the response woken as a DIMSE timeout would wake it
         # (scp_server/pynetdicom_internals.py, item 7).
-        connection = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-        if connection is not None:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+        shut_down(assoc.dul.socket.socket if assoc.dul.socket is not None else None)
         assoc.dimse.msg_queue.put((None, None))
 
-    watchdog = threading.Timer(deadline_s, cut_off)
-    watchdog.start()
     failure: Exception | None = None
-    try:
-        response = assoc.send_c_store(path)
-    except (RuntimeError, ValueError) as exc:  # association lost, no matching context
-        response, failure = None, exc
-    finally:
-        watchdog.cancel()
+    with cut_off_after(deadline_s, cut_off) as expired:
+        try:
+            response = assoc.send_c_store(path)
+        except (RuntimeError, ValueError) as exc:  # association lost, no matching context
+            response, failure = None, exc
     if expired.is_set():
         return SendResult(path, sop_instance_uid, None, f"no complete answer within {deadline_s:g} s")
     if failure is not None:
