@@ -6,31 +6,17 @@ import time
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from scp_server.config import NodeSettings
 from scp_server.delivery import Courier, deliver
-from scp_server.destinations import Destination, DicomWebDestination
-from scp_server.outbox import MISSING, Outbox
+from scp_server.destinations import Destination
+from scp_server.outbox import MISSING
 from tests.helpers import free_port
 from tests.n2d_dicom.conftest import data_file, write_ct_series
 from tests.peers.stow_rs import StowPeer, stored
+from tests.scp_server.conftest import uid_of, web
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
-
-
-@pytest.fixture
-def outbox(tmp_path):
-    outbox = Outbox(tmp_path / "outbox.sqlite3")
-    yield outbox
-    outbox.close()
-
-
-@pytest.fixture
-def peer():
-    peer = StowPeer().start()
-    yield peer
-    peer.stop()
 
 
 def settings(tmp_path: Path, **overrides: object) -> NodeSettings:
@@ -41,14 +27,6 @@ def write_ct(path: Path, sop_instance_uid: str) -> None:
     dataset = pydicom.dcmread(data_file("CT_small.dcm"))
     dataset.SOPInstanceUID = sop_instance_uid
     dataset.save_as(path, enforce_file_format=True)
-
-
-def uid_of(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
-def web(url: str) -> DicomWebDestination:
-    return DicomWebDestination.model_validate({"dicomweb": {"url": url}})
 
 
 def test_a_missing_file_is_refused_without_a_send(outbox, tmp_path):

@@ -2,23 +2,12 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pydicom
-import pytest
-
 from scp_server.destinations import Destination, DestinationTLS
-from scp_server.outbox import Outbox, destination_key
+from scp_server.outbox import destination_key
 from scp_server.sender import SendResult
-from tests.n2d_dicom.conftest import data_file
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
 VIEWER = Destination(ae_title="VIEWER", host="127.0.0.1", port=105)
-
-
-@pytest.fixture
-def outbox(tmp_path):
-    outbox = Outbox(tmp_path / "outbox.sqlite3")
-    yield outbox
-    outbox.close()
 
 
 def items(tmp_path: Path, *uids: str) -> list[tuple[str, Path]]:
@@ -101,9 +90,3 @@ def test_a_claim_can_be_limited_to_one_series(outbox, tmp_path):
     outbox.add(items(tmp_path, "1.1"), PACS, "9.1")
     outbox.add(items(tmp_path, "2.1"), PACS, "9.2")
     assert [p.name for p in outbox.claim("w:1:a", 60, series_instance_uid="9.2")[PACS]] == ["2.1.dcm"]
-
-
-def write_ct(path: Path, sop_instance_uid: str) -> None:
-    dataset = pydicom.dcmread(data_file("CT_small.dcm"))
-    dataset.SOPInstanceUID = sop_instance_uid
-    dataset.save_as(path, enforce_file_format=True)
