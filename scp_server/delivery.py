@@ -24,7 +24,7 @@ from scp_server.config import NodeSettings
 from scp_server.destinations import AnyDestination, DicomWebDestination
 from scp_server.dicomweb import stow_files
 from scp_server.leases import new_owner
-from scp_server.outbox import MISSING, Outbox, destination_key
+from scp_server.outbox import MISSING, Outbox
 from scp_server.sender import SendResult, send_files
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def configured_destinations(settings: NodeSettings) -> dict[str, AnyDestination]
     destinations = [d for route in settings.routes for d in route.destinations] + list(
         settings.forward_unmatched
     )
-    return {destination_key(d): d for d in destinations}
+    return {d.key: d for d in destinations}
 
 
 def deliver(

@@ -54,11 +54,6 @@ SCHEMA_VERSION = 1
 MISSING = "derived file missing from the spool"
 
 
-def destination_key(destination: AnyDestination) -> str:
-    """How rows name a destination: ``AE@host:port`` or a URL, unchanged by edits to its other fields."""
-    return destination.key
-
-
 @dataclass(frozen=True)
 class OutboxRow:
     """One derived instance for one destination, and what happened to it so far."""
@@ -87,7 +82,7 @@ class Outbox:
 
         Items already known keep their state (a re-run never resends what was delivered).
         """
-        now, key, stored = time.time(), destination_key(destination), destination.model_dump_json()
+        now, key, stored = time.time(), destination.key, destination.model_dump_json()
         self._db.execute_many(
             "INSERT OR IGNORE INTO outbox (sop_instance_uid, destination, path, series_instance_uid, "
             "updated_at, destination_json) VALUES (?, ?, ?, ?, ?, ?)",
@@ -142,7 +137,7 @@ class Outbox:
         flight is sent again (with the same SOP Instance UID).
         """
         now = time.time()
-        key = destination_key(destination)
+        key = destination.key
         self._db.execute_many(
             "UPDATE outbox SET state = ?, status = ?, attempts = attempts + 1, last_error = ?, "
             "updated_at = ?, owner = NULL, claimed_until = NULL "
@@ -162,7 +157,7 @@ class Outbox:
         self._db.execute_many(
             "UPDATE outbox SET state = 'refused', last_error = ?, owner = NULL, claimed_until = NULL "
             "WHERE path = ? AND destination = ?",
-            [(MISSING, str(path), destination_key(destination)) for path in paths],
+            [(MISSING, str(path), destination.key) for path in paths],
         )
 
     def release(self, owner: str) -> None:

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from scp_server.config import NodeSettings, load_settings
 from scp_server.destinations import DicomWebDestination, parse_destination
 from scp_server.dicomweb import stow_files
-from scp_server.outbox import destination_key
 from scp_server.tasks import RunPlan
 from tests.conftest import free_port
 from tests.n2d_dicom.conftest import write_ct_series
@@ -196,7 +195,7 @@ def test_a_destination_is_dimse_or_dicomweb_and_its_url_holds_no_credentials():
         ]
     )
     dimse, dicomweb = settings.routes[0].destinations
-    assert [destination_key(d) for d in (dimse, dicomweb)] == ["PACS@pacs:104", "https://pacs/dicom-web"]
+    assert [d.key for d in (dimse, dicomweb)] == ["PACS@pacs:104", "https://pacs/dicom-web"]
     assert parse_destination(dicomweb.model_dump_json()) == dicomweb
     assert isinstance(dicomweb, DicomWebDestination) and dicomweb.dicomweb.verify
     for bad, why in [
@@ -213,7 +212,7 @@ def test_a_destination_is_dimse_or_dicomweb_and_its_url_holds_no_credentials():
 def test_the_commented_example_config_loads_with_both_kinds_of_destination():
     example = Path(__file__).resolve().parents[2] / "config" / "dicomweb.yaml"
     destinations = load_settings(example).routes[0].destinations
-    assert [destination_key(d) for d in destinations] == [
+    assert [d.key for d in destinations] == [
         "https://pacs.example.org/dicom-web",
         "https://research.example.org/dicomweb",
         "VIEWER@viewer.example.org:104",

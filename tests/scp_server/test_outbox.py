@@ -3,7 +3,6 @@ import subprocess
 from pathlib import Path
 
 from scp_server.destinations import Destination, DestinationTLS
-from scp_server.outbox import destination_key
 from scp_server.sender import SendResult
 
 PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
@@ -81,7 +80,7 @@ def test_rows_name_their_destination_by_a_stable_key_so_config_edits_keep_them(o
     """Editing a destination's other fields (here its TLS) must not orphan its pending rows."""
     outbox.add(items(tmp_path, "1.1"), PACS, "9.1")
     edited = PACS.model_copy(update={"tls": DestinationTLS(server_name="pacs.example")})
-    claimed = outbox.claim("w:1:a", 60, current={destination_key(edited): edited})
+    claimed = outbox.claim("w:1:a", 60, current={edited.key: edited})
     assert list(claimed) == [edited]
     assert outbox.counts() == {"PACS@127.0.0.1:104": {"pending": 1}}
 

@@ -11,7 +11,6 @@ from pydicom.data import get_testdata_file
 from scp_server import tasks
 from scp_server.config import NodeSettings
 from scp_server.delivery import deliver
-from scp_server.outbox import destination_key
 from scp_server.spool import instance_of
 from scp_server.stores import Stores
 from scp_server.tasks import SeriesProcessor, plan_run
@@ -138,7 +137,7 @@ def test_objects_that_are_not_images_to_denoise_are_forwarded_unchanged(tmp_path
     SeriesProcessor(settings, opened, torch.device("cpu"))(series, run)
     assert opened.tracker.state(series) == ("done", 1)
     assert [(row.destination, row.sop_instance_uid) for row in opened.outbox.rows()] == [
-        (destination_key(settings.forward_unmatched[0]), dose.SOPInstanceUID)
+        (settings.forward_unmatched[0].key, dose.SOPInstanceUID)
     ]
 
 
